@@ -1,0 +1,70 @@
+"""EfficientNet compound scaling of depth and width with the input resolution (SPEC section 2)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def round_filters(channels: float, width: float, divisor: int = 8) -> int:
+    """EfficientNet's channel rounding: nearest multiple of ``divisor``, never 10 % below ``c * w``."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Blocks per module after depth scaling: ``ceil(d * repeats)``."""
+    return int(math.ceil(depth * repeats))
+
+
+def drop_connect_rate(input_size: Sequence[int]) -> float:
+    """Stochastic-depth rate by resolution, as EfficientNet-B0/B3/B5 use it (SPEC section 1)."""
+    size = sum(input_size[:2]) / 2
+    if size <= 240:
+        return 0.2
+    if size <= 300:
+        return 0.3
+    if size <= 456:
+        return 0.4
+    return 0.5
+
+
+@dataclass(frozen=True)
+class CompoundScaling:
+    """``phi = log_gamma(size / base_size)``, depth ``alpha^phi``, width ``beta^phi``.
+
+    ``size`` is the mean of the input height and width, so 256x192 (size 224) gives phi 0:
+    the searched networks are unscaled and EvoPose2D-M and L are the S genotype scaled up.
+    """
+
+    alpha: float = 1.2
+    beta: float = 1.1
+    gamma: float = 1.15
+    base_size: float = 224.0
+    divisor: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "gamma", "base_size"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"compound scaling {name}: must be positive, got {getattr(self, name)}")
+        if self.gamma == 1:
+            raise ValueError("compound scaling gamma: must differ from 1 (phi divides by log gamma)")
+
+    def phi(self, input_size: Sequence[int]) -> float:
+        size = sum(input_size[:2]) / 2
+        return (math.log(size) - math.log(self.base_size)) / math.log(self.gamma)
+
+    def coefficients(self, input_size: Sequence[int]) -> tuple[float, float]:
+        """(depth, width) coefficients for an input of ``(height, width)``."""
+        phi = self.phi(input_size)
+        return self.alpha**phi, self.beta**phi
+
+    def filters(self, channels: int, input_size: Sequence[int]) -> int:
+        return round_filters(channels, self.coefficients(input_size)[1], self.divisor)
+
+    def repeats(self, repeats: int, input_size: Sequence[int]) -> int:
+        return round_repeats(repeats, self.coefficients(input_size)[0])

@@ -1,0 +1,87 @@
+"""The search space: which genotypes a search may visit (SPEC section 1, the E3 space)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from evopose_pl.search.genotype import ANCESTOR, Genotype, GenotypeError, GenotypeLike
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Bounds of the EvoPose2D search; the defaults are the paper's E3 space.
+
+    Module indices are 0-based, like the layer names ``modules.<i>``: the paper's modules
+    5, 6 and 7 (the only ones whose stride may mutate) are indices 4, 5 and 6.
+    """
+
+    ancestor: Genotype = ANCESTOR
+    kernels: tuple[int, ...] = (3, 5)
+    max_repeats: int = 4
+    stride_modules: tuple[int, ...] = (4, 5, 6)
+    max_stride2: int = 4
+    channel_caps: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ancestor", Genotype.coerce(self.ancestor))
+        object.__setattr__(self, "kernels", tuple(sorted({int(k) for k in self.kernels})))
+        object.__setattr__(self, "stride_modules", tuple(sorted({int(m) for m in self.stride_modules})))
+        object.__setattr__(self, "channel_caps", tuple(g.channels_div8 for g in self.ancestor))
+        if not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels):
+            raise GenotypeError(f"search space kernels: positive odd integers needed, got {self.kernels}")
+        if self.max_repeats < 1:
+            raise GenotypeError(f"search space max_repeats: must be at least 1, got {self.max_repeats}")
+        bad = [m for m in self.stride_modules if not 0 <= m < self.num_modules]
+        if bad:
+            raise GenotypeError(
+                f"search space stride_modules: {bad} outside the ancestor's module indices 0..{self.num_modules - 1}"
+            )
+        self.validate(self.ancestor, what="the ancestor")
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.ancestor)
+
+    def validate(self, genotype: GenotypeLike, what: str = "genotype") -> Genotype:
+        """Return the genotype if it lies in this space, else raise naming the module and gene."""
+        genotype = Genotype.coerce(genotype)
+        if len(genotype) != self.num_modules:
+            raise GenotypeError(f"{what} has {len(genotype)} module genes; this search space needs {self.num_modules}")
+        for i, (gene, cap, base) in enumerate(zip(genotype, self.channel_caps, self.ancestor)):
+            if gene.kernel not in self.kernels:
+                raise GenotypeError(f"{what}: modules[{i}].kernel={gene.kernel} is not one of {list(self.kernels)}")
+            if not 1 <= gene.repeats <= self.max_repeats:
+                raise GenotypeError(f"{what}: modules[{i}].repeats={gene.repeats} is outside [1, {self.max_repeats}]")
+            if not 1 <= gene.channels_div8 <= cap:
+                raise GenotypeError(
+                    f"{what}: modules[{i}].channels_div8={gene.channels_div8} is outside [1, {cap}]"
+                    " (the cap is the ancestor's value for that module)"
+                )
+            if gene.stride != base.stride and i not in self.stride_modules:
+                raise GenotypeError(
+                    f"{what}: modules[{i}].stride={gene.stride} differs from the ancestor's {base.stride},"
+                    f" and only modules {list(self.stride_modules)} may change their stride"
+                )
+        if genotype.num_stride2 > self.max_stride2:
+            raise GenotypeError(
+                f"{what}: {genotype.num_stride2} modules have stride 2"
+                f" (modules {[i for i, g in enumerate(genotype) if g.stride == 2]}); the budget is {self.max_stride2}"
+            )
+        return genotype
+
+    def contains(self, genotype: GenotypeLike) -> bool:
+        try:
+            self.validate(genotype)
+        except GenotypeError:
+            return False
+        return True
+
+    @property
+    def size(self) -> int:
+        """Number of distinct backbones in the space (about 10^13.5 for E3)."""
+        per_module = math.prod(len(self.kernels) * self.max_repeats * cap for cap in self.channel_caps)
+        fixed = sum(g.stride == 2 for i, g in enumerate(self.ancestor) if i not in self.stride_modules)
+        free = len(self.stride_modules)
+        strides = sum(math.comb(free, k) for k in range(free + 1) if fixed + k <= self.max_stride2)
+        return per_module * strides
