@@ -116,6 +116,23 @@ def test_across_compound_scales():
     assert report.counts()["initialised"] == 0 and report.unused_parent_keys
 
 
+def test_transposed_convolutions_and_linear_layers_copy_the_overlap():
+    s, m = _trained_like(build_model("evopose2d_s")), build_model("evopose2d_m")
+    transfer_weights(s, m)
+    key = "head.1.conv.weight"  # ConvTranspose2d layout (in, out, k, k): 128x128 -> 168x168
+    assert m.state_dict()[key].shape[:2] == (168, 168)
+    assert torch.equal(m.state_dict()[key][:128, :128], s.state_dict()[key])
+
+    parent, child = nn.Sequential(nn.Linear(6, 4)), nn.Sequential(nn.Linear(3, 5))
+    fresh = child[0].weight.detach().clone()
+    report = transfer_weights(parent, child)
+    assert torch.equal(child[0].weight[:4], parent[0].weight[:, :3])
+    assert torch.equal(child[0].weight[4:], fresh[4:])
+    assert torch.equal(child[0].bias[:4], parent[0].bias)
+    assert torch.allclose(child[0].bias[4], parent[0].bias.mean())
+    assert report.counts()["partial"] == 2
+
+
 def test_checkpoint_files_equal_the_module(tmp_path):
     parent = _trained_like(EvoPoseNet(EVOPOSE2D_S))
     genotype = EVOPOSE2D_S.replace(4, "kernel", 3).replace(6, "channels_div8", 7)
