@@ -124,13 +124,28 @@ def load_state_dict(source: ParentLike) -> dict[str, torch.Tensor]:
     raise TypeError(f"parent must be a module, a state dict or a checkpoint path, got {type(source).__name__}")
 
 
-def transfer_weights(parent: ParentLike, child: nn.Module) -> TransferReport:
+def rename_keys(state: Mapping[str, torch.Tensor], key_map: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Rename a state dict's keys with ``{regex: replacement}`` rules, applied in order (``re.sub``);
+    a key renamed to the empty string is dropped. Maps another naming (a public checkpoint) to ours."""
+    rules = [(re.compile(pattern), replacement) for pattern, replacement in key_map.items()]
+    renamed = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = pattern.sub(replacement, key)
+        if key:
+            renamed[key] = value
+    return renamed
+
+
+def transfer_weights(parent: ParentLike, child: nn.Module, key_map: Mapping[str, str] | None = None) -> TransferReport:
     """Copy what ``child`` can inherit from ``parent`` into ``child``, in place.
 
-    Raises ``ValueError`` when no parent tensor matches any child layer name: a silent
-    fresh start would make a search look as if transfer had happened.
+    ``key_map`` renames the parent's keys first (see ``rename_keys``). Raises ``ValueError``
+    when no parent tensor matches any child layer name: a silent fresh start would make a
+    search look as if transfer had happened.
     """
-    source = _strip_prefix(load_state_dict(parent), child)
+    source = load_state_dict(parent)
+    source = _strip_prefix(rename_keys(source, key_map) if key_map else source, child)
     last_block = _last_blocks(source)
     report = TransferReport()
     used: set[str] = set()

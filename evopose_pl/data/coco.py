@@ -1,0 +1,173 @@
+"""COCO-format keypoint annotations: the keypoint set, valid person instances, and detections."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_LOWER_BODY = {"hip", "knee", "ankle", "pelvis", "foot", "heel", "toe", "hips", "knees", "ankles"}
+_SIDES = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation or detections file; the message names the file and the record."""
+
+
+@dataclass(frozen=True)
+class KeypointInfo:
+    """The dataset's keypoint set, read from its person category."""
+
+    names: tuple[str, ...]
+    skeleton: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.names)
+
+    @property
+    def flip_index(self) -> tuple[int, ...]:
+        """For each keypoint, its mirror image's index (itself when it has no side)."""
+        index = {name: i for i, name in enumerate(self.names)}
+        return tuple(index.get(_mirror(name), i) for i, name in enumerate(self.names))
+
+    @property
+    def upper_body(self) -> tuple[int, ...]:
+        """Keypoints above the hips, for half-body augmentation."""
+        return tuple(i for i, n in enumerate(self.names) if not set(_tokens(n)) & _LOWER_BODY)
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+
+
+def _mirror(name: str) -> str:
+    """``left_eye`` -> ``right_eye``, ``l_ankle`` -> ``r_ankle``; separators are kept."""
+    parts = re.split(r"([^A-Za-z0-9]+)", name)
+    return "".join(_SIDES.get(p.lower(), p) for p in parts)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One person to crop: its image, box, keypoints (K, 3) in image pixels, and box score."""
+
+    image_id: int
+    image_path: Path
+    box: tuple[float, float, float, float]  # x, y, w, h
+    keypoints: np.ndarray
+    score: float = 1.0
+    record: str = ""  # where it came from, for error messages
+
+
+class CocoKeypoints:
+    """A COCO keypoint annotation file: images, the person category and valid instances.
+
+    Valid instances follow the reference pipeline: not crowd, at least one labelled keypoint,
+    and a box that is non-empty once clipped to the image.
+    """
+
+    def __init__(self, annotation_file: str | os.PathLike, images_dir: str | os.PathLike) -> None:
+        self.annotation_file = Path(annotation_file)
+        self.images_dir = Path(images_dir)
+        try:
+            data = json.loads(self.annotation_file.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"annotation file {self.annotation_file} does not exist") from None
+        except json.JSONDecodeError as error:
+            raise AnnotationError(f"{self.annotation_file}: not valid JSON ({error})") from error
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise AnnotationError(f"{self.annotation_file}: the COCO field {key!r} is missing or not a list")
+        self.keypoint_info = self._person_category(data["categories"])
+        self.images: dict[int, dict] = {}
+        for i, image in enumerate(data["images"]):
+            if not isinstance(image, dict) or not {"id", "file_name", "width", "height"} <= image.keys():
+                raise AnnotationError(
+                    f"{self.annotation_file}: images[{i}] needs id, file_name, width and height, got {image!r}"
+                )
+            self.images[int(image["id"])] = image
+        self.instances = [
+            inst for i, ann in enumerate(data["annotations"]) if (inst := self._instance(i, ann)) is not None
+        ]
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.keypoint_info.num_keypoints
+
+    def image_path(self, image_id: int) -> Path:
+        return self.images_dir / self.images[image_id]["file_name"]
+
+    def _person_category(self, categories: list) -> KeypointInfo:
+        for category in categories:
+            if isinstance(category, dict) and category.get("keypoints"):
+                skeleton = tuple(tuple(int(j) - 1 for j in pair) for pair in category.get("skeleton", []))
+                return KeypointInfo(tuple(str(n) for n in category["keypoints"]), skeleton)
+        raise AnnotationError(f"{self.annotation_file}: no category lists keypoint names")
+
+    def _instance(self, index: int, ann: dict) -> Instance | None:
+        k = self.num_keypoints
+        record = (
+            f"{self.annotation_file} annotations[{index}] (id {ann.get('id', '?') if isinstance(ann, dict) else '?'})"
+        )
+        if not isinstance(ann, dict):
+            raise AnnotationError(f"{record}: not an object")
+        if ann.get("iscrowd", 0):
+            return None
+        keypoints, box = ann.get("keypoints"), ann.get("bbox")
+        if not isinstance(keypoints, list) or len(keypoints) != 3 * k:
+            raise AnnotationError(f"{record}: 'keypoints' must hold {3 * k} numbers (x, y, v per keypoint)")
+        if not isinstance(box, list) or len(box) != 4:
+            raise AnnotationError(f"{record}: 'bbox' must be [x, y, width, height]")
+        image = self.images.get(ann.get("image_id"))
+        if image is None:
+            raise AnnotationError(f"{record}: image_id {ann.get('image_id')!r} is not in 'images'")
+        try:
+            kp = np.asarray(keypoints, dtype=np.float32).reshape(k, 3)
+            x, y, w, h = (float(v) for v in box)
+        except (TypeError, ValueError) as error:
+            raise AnnotationError(f"{record}: non-numeric keypoints or bbox ({error})") from error
+        if kp[:, 2].max() <= 0:
+            return None
+        width, height = float(image["width"]), float(image["height"])
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2, y2 = min(width - 1, x1 + max(0.0, w - 1)), min(height - 1, y1 + max(0.0, h - 1))
+        if ann.get("area", w * h) <= 0 or x2 < x1 or y2 < y1:
+            return None
+        return Instance(int(image["id"]), self.image_path(image["id"]), (x1, y1, x2 - x1, y2 - y1), kp, 1.0, record)
+
+    def detections(self, detections_file: str | os.PathLike, score_threshold: float = 0.0) -> list[Instance]:
+        """Person boxes from a detections JSON (COCO results format), as test instances."""
+        path = Path(detections_file)
+        try:
+            detections = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"detections file {path} does not exist") from None
+        except json.JSONDecodeError as error:
+            raise AnnotationError(f"{path}: not valid JSON ({error})") from error
+        if not isinstance(detections, list):
+            raise AnnotationError(f"{path}: a detections file is a list of {{image_id, bbox, score}}")
+        empty = np.zeros((self.num_keypoints, 3), np.float32)
+        instances = []
+        for i, det in enumerate(detections):
+            record = f"{path} [{i}]"
+            if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
+                raise AnnotationError(f"{record}: needs image_id, bbox and score")
+            if det.get("category_id", 1) != 1 or det["score"] < score_threshold:
+                continue
+            if det["image_id"] not in self.images:
+                raise AnnotationError(f"{record}: image_id {det['image_id']} is not in {self.annotation_file}")
+            box = tuple(float(v) for v in det["bbox"])
+            if len(box) != 4:
+                raise AnnotationError(f"{record}: 'bbox' must be [x, y, width, height]")
+            if box[2] <= 0 or box[3] <= 0:
+                continue
+            instances.append(
+                Instance(
+                    int(det["image_id"]), self.image_path(det["image_id"]), box, empty, float(det["score"]), record
+                )
+            )
+        return instances

@@ -1,0 +1,94 @@
+"""train.py and its configs: every group composes, and the real command line trains and tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from .conftest import CONF_DIR, ROOT
+
+TINY = ["data.synthetic.train_images=24", "data.synthetic.val_images=6", "data.num_workers=0",
+        "trainer.max_epochs=1", "model=evopose2d_xs", "data.input_size=[64,48]"]  # fmt: skip
+
+
+def _compose(*overrides: str):
+    os.environ.setdefault("EVOPOSE_ROOT", str(ROOT))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = "/tmp/evopose-test-output"
+    return cfg
+
+
+@pytest.mark.parametrize("group,options", [
+    ("trainer", ["default", "cpu", "gpu", "ddp", "tpu"]),
+    ("logger", ["csv", "wandb", "tensorboard", "none"]),
+    ("data", ["synthetic", "coco"]),
+    ("model", ["ancestor", "evopose2d_xs", "evopose2d_s", "evopose2d_m", "evopose2d_l"]),
+])  # fmt: skip
+def test_every_option_of_every_group_composes(group, options):
+    assert {p.stem for p in (CONF_DIR / group).glob("*.yaml")} == set(options)
+    for option in options:
+        extra = ["data.root=/data/coco"] if option == "coco" else []
+        cfg = _compose(f"{group}={option}", *extra)
+        assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+def test_trainer_and_logger_configs_instantiate_on_cpu(tmp_path):
+    trainer = instantiate(_compose("trainer=cpu").trainer, default_root_dir=tmp_path, logger=False)
+    assert trainer.max_epochs == 20
+    cfg = _compose("logger=tensorboard")
+    cfg.logger.tensorboard.save_dir = str(tmp_path)
+    assert instantiate(cfg.logger.tensorboard).save_dir == str(tmp_path)
+    cfg = _compose("trainer=gpu")
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+
+
+def test_coco_data_paths_resolve_under_root(coco_sample):
+    cfg = _compose("experiment=coco_sample")
+    dm = instantiate(cfg.data)
+    assert dm.val_annotations.resolve() == (coco_sample / "test_coco.json").resolve() and dm.input_size == (128, 96)
+    assert dm.test_detections.exists() and dm.keypoint_info.num_keypoints == 17
+
+
+def _train(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_DIR": str(tmp_path), "WANDB_API_KEY": "", "HOME": str(tmp_path)}
+    env.pop("WANDB_API_KEY")
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, f"paths.log_dir={tmp_path}/outputs",
+         f"paths.cache_dir={tmp_path}/cache", *overrides],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+def test_command_line_trains_tests_and_prints_ap_then_tests_a_checkpoint(tmp_path):
+    run = _train(tmp_path, "logger=wandb")
+    assert re.search(r"COCO AP: \d\.\d{4}", run.stdout)
+    assert "wandb sync" in run.stdout  # no API key: offline, with the sync command
+    best = next((tmp_path / "outputs").rglob("checkpoints/best.ckpt"))
+    results = next((tmp_path / "outputs").rglob("keypoints_results.json"))
+    assert results.stat().st_size > 2
+
+    again = _train(tmp_path, "train=false", f"ckpt_path={best}", "logger=none")
+    assert re.search(r"COCO AP: \d\.\d{4}", again.stdout) and str(best) in again.stdout
+
+
+def test_test_only_without_a_checkpoint_is_refused(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "train=false", "logger=none",
+         f"paths.log_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0 and "train=false needs ckpt_path" in run.stderr + run.stdout

@@ -1,0 +1,114 @@
+"""Train one pose network, then test its best checkpoint with the COCO protocol.
+
+    python train.py                                   # synthetic data, CPU, minutes
+    python train.py model=evopose2d_s data=coco data.root=/data/coco trainer=gpu
+    python train.py train=false ckpt_path=best.ckpt   # test a checkpoint
+
+The Hydra edge: compose the config, instantiate data, network, module, callbacks, loggers and
+trainer, fit, test, and return the metric a sweeper reads.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+os.environ.setdefault("EVOPOSE_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+import lightning.pytorch as pl  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.loggers import Logger, WandbLogger  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from evopose_pl.evaluation import STAT_NAMES  # noqa: E402
+from evopose_pl.module import PoseModule  # noqa: E402
+
+
+def wandb_key_configured() -> bool:
+    """An API key in the environment or in ~/.netrc (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def build_loggers(cfg: DictConfig | None) -> list[Logger]:
+    """Instantiate the logger group; W&B goes offline when no API key is configured."""
+    loggers = []
+    for conf in (cfg or {}).values():
+        if conf is None or "_target_" not in conf:
+            continue
+        if conf._target_.endswith("WandbLogger") and conf.get("offline") is None:
+            with open_dict(conf):
+                conf.offline = not wandb_key_configured()
+            if conf.offline:
+                os.environ.setdefault("WANDB_MODE", "offline")
+        loggers.append(instantiate(conf))
+    return loggers
+
+
+def print_metrics(metrics: dict[str, float], title: str) -> None:
+    table = Table(title=title)
+    for name in STAT_NAMES:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{metrics[n]:.3f}" if metrics[n] >= 0 else "n/a" for n in STAT_NAMES))  # -1: no such people
+    Console().print(table)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fit and/or test as the config says; return the test metrics and the best validation loss."""
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    info = datamodule.keypoint_info
+    net = instantiate(cfg.model, num_keypoints=info.num_keypoints)
+    module = PoseModule(
+        net=net,
+        input_size=datamodule.input_size,
+        batch_size=datamodule.batch_size,
+        flip_index=info.flip_index,
+        results_dir=cfg.paths.output_dir,
+        **OmegaConf.to_container(cfg.module),
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = build_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if loggers:
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    ckpt_path = cfg.get("ckpt_path")
+    if cfg.train:
+        trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+        metrics["val/loss_best"] = module.best_val_loss
+        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        ckpt_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    if cfg.test:
+        if not cfg.train and not ckpt_path:
+            raise ValueError("train=false needs ckpt_path=<checkpoint to test>")
+        trainer.test(module, datamodule, ckpt_path=ckpt_path, weights_only=False)
+        metrics.update({f"test/{k}": v for k, v in module.test_metrics.items()})
+        print_metrics(module.test_metrics, "COCO keypoints")
+        print(f"Tested: {ckpt_path or 'the final weights'}")
+        print(f"COCO AP: {module.test_metrics['AP']:.4f}")
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._offline:
+            print(f"W&B ran offline; upload with: wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run(cfg)
+    return metrics.get("test/AP", metrics.get("val/loss_best"))
+
+
+if __name__ == "__main__":
+    main()
