@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -82,6 +83,22 @@ def test_command_line_trains_tests_and_prints_ap_then_tests_a_checkpoint(tmp_pat
 
     again = _train(tmp_path, "train=false", f"ckpt_path={best}", "logger=none")
     assert re.search(r"COCO AP: \d\.\d{4}", again.stdout) and str(best) in again.stdout
+
+
+def test_command_line_on_the_real_coco_sample(tmp_path, coco_sample):
+    """`data=coco` pointed at ../shared/data/coco_val_sample: trains on its 12 people, tests on the
+    detector's boxes (those scoring at least 0.5, to keep it quick)."""
+    run = _train(
+        tmp_path, "data=coco", f"data.root={coco_sample}", "data.train_annotations=test_coco.json",
+        "data.train_images=.", "data.val_annotations=test_coco.json", "data.val_images=.",
+        "data.test_detections=test_coco_det_AP_H_56.json", "data.score_threshold=0.5", "data.batch_size=4",
+        "logger=none",
+    )  # fmt: skip
+    assert re.search(r"COCO AP: \d\.\d{4}", run.stdout)
+    results = json.loads(next((tmp_path / "outputs").rglob("keypoints_results.json")).read_text())
+    detections = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
+    assert len(results) == sum(d["score"] >= 0.5 for d in detections)
+    assert {r["image_id"] for r in results} <= {785, 40083, 196141, 197388}
 
 
 def test_test_only_without_a_checkpoint_is_refused(tmp_path):
