@@ -16,8 +16,8 @@ from omegaconf import open_dict
 
 from .conftest import CONF_DIR, ROOT
 
-TINY = ["data.synthetic.train_images=24", "data.synthetic.val_images=6", "data.num_workers=0",
-        "trainer.max_epochs=1", "model=evopose2d_xs", "data.input_size=[64,48]"]  # fmt: skip
+SHORT = ["data.num_workers=0", "trainer.max_epochs=1", "model=evopose2d_xs", "data.input_size=[64,48]"]
+TINY = ["data.synthetic.train_images=24", "data.synthetic.val_images=6", *SHORT]
 
 
 def _compose(*overrides: str):
@@ -61,11 +61,11 @@ def test_coco_data_paths_resolve_under_root(coco_sample):
     assert dm.test_detections.exists() and dm.keypoint_info.num_keypoints == 17
 
 
-def _train(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+def _train(tmp_path, *overrides: str, base: list[str] = TINY) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_DIR": str(tmp_path), "WANDB_API_KEY": "", "HOME": str(tmp_path)}
     env.pop("WANDB_API_KEY")
     run = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *TINY, f"paths.log_dir={tmp_path}/outputs",
+        [sys.executable, str(ROOT / "train.py"), *base, f"paths.log_dir={tmp_path}/outputs",
          f"paths.cache_dir={tmp_path}/cache", *overrides],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -93,6 +93,7 @@ def test_command_line_on_the_real_coco_sample(tmp_path, coco_sample):
         "data.train_images=.", "data.val_annotations=test_coco.json", "data.val_images=.",
         "data.test_detections=test_coco_det_AP_H_56.json", "data.score_threshold=0.5", "data.batch_size=4",
         "logger=none",
+        base=SHORT,
     )  # fmt: skip
     assert re.search(r"COCO AP: \d\.\d{4}", run.stdout)
     results = json.loads(next((tmp_path / "outputs").rglob("keypoints_results.json")).read_text())
