@@ -49,8 +49,14 @@ def evaluate_coco(
         return dict.fromkeys(STAT_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(annotation_file))
-        dt = gt.loadRes(results)
-        evaluator = COCOeval(gt, dt, iouType="keypoints")
+        evaluator = COCOeval(gt, iouType="keypoints")
+        sigmas = len(evaluator.params.kpt_oks_sigmas)
+        if len(results[0]["keypoints"]) != 3 * sigmas:
+            raise ValueError(
+                f"COCO keypoint AP weighs the {sigmas} COCO keypoints by their OKS sigmas; the results for "
+                f"{annotation_file} have {len(results[0]['keypoints']) // 3} keypoints"
+            )
+        evaluator.cocoDt = gt.loadRes(results)
         evaluator.params.imgIds = sorted(gt.getImgIds())
         evaluator.evaluate()
         evaluator.accumulate()

@@ -260,3 +260,9 @@ def test_malformed_detections_are_named(coco_sample, tmp_path):
     path = _write(tmp_path / "dets.json", [{"image_id": 785, "bbox": [1, 2, 3, 4]}])
     with pytest.raises(AnnotationError, match=r"dets.json \[0\]: needs image_id, bbox and score"):
         TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT, detections=path)
+
+
+def test_coco_ap_refuses_a_keypoint_set_without_oks_sigmas(coco_sample):
+    results = results_records([785], np.zeros((1, 16, 2)), np.ones((1, 16)), np.ones(1))
+    with pytest.raises(ValueError, match="have 16 keypoints"):
+        evaluate_coco(coco_sample / "test_coco.json", results)
