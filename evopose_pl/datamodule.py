@@ -121,7 +121,6 @@ class SyntheticDataModule(PoseDataModule):
         self.synthetic = (
             SyntheticConfig(**synthetic) if isinstance(synthetic, Mapping) else synthetic or SyntheticConfig()
         )
-        self.cache_dir = cache_dir
         self.paths = ensure_synthetic(cache_dir, self.synthetic)
         super().__init__(
             train_annotations=self.paths.train_annotations,

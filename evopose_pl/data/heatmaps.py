@@ -83,5 +83,5 @@ def invert_affine(matrices: torch.Tensor) -> torch.Tensor:
 
 def to_image(points: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     """Map (B, K, 2) input-pixel points back to the image through the inverse of (B, 2, 3) crops."""
-    inverse = invert_affine(matrices.double())
+    inverse = invert_affine(matrices.double())  # inverted and applied in double precision
     return (points.double() @ inverse[:, :, :2].transpose(1, 2) + inverse[:, None, :, 2]).to(points.dtype)
