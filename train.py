@@ -10,8 +10,8 @@ trainer, fit, test, and return the metric a sweeper reads.
 
 from __future__ import annotations
 
-import netrc
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("EVOPOSE_ROOT", str(Path(__file__).resolve().parent))
@@ -27,16 +27,7 @@ from rich.table import Table  # noqa: E402
 
 from evopose_pl.evaluation import STAT_NAMES  # noqa: E402
 from evopose_pl.module import PoseModule  # noqa: E402
-
-
-def wandb_key_configured() -> bool:
-    """An API key in the environment or in ~/.netrc (what `wandb login` writes)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+from evopose_pl.report import wandb_key_configured  # noqa: E402
 
 
 def build_loggers(cfg: DictConfig | None) -> list[Logger]:
@@ -62,8 +53,24 @@ def print_metrics(metrics: dict[str, float], title: str) -> None:
     Console().print(table)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Fit and/or test as the config says; return the test metrics and the best validation loss."""
+@dataclass
+class Session:
+    """Everything a fit needs, instantiated from the config."""
+
+    datamodule: pl.LightningDataModule
+    module: PoseModule
+    trainer: pl.Trainer
+    callbacks: list[pl.Callback]
+    loggers: list[Logger]
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        checkpoint = next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
+        return checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+
+
+def build(cfg: DictConfig) -> Session:
+    """Seed, then instantiate data, network, LightningModule, callbacks, loggers and trainer."""
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     info = datamodule.keypoint_info
@@ -79,26 +86,30 @@ def run(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = build_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if loggers:
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return Session(datamodule, module, trainer, callbacks, loggers)
 
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fit and/or test as the config says; return the test metrics and the best validation loss."""
+    session = build(cfg)
+    module, trainer = session.module, session.trainer
     metrics: dict[str, float] = {}
     ckpt_path = cfg.get("ckpt_path")
     if cfg.train:
-        trainer.fit(module, datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, session.datamodule, ckpt_path=ckpt_path)
         metrics["val/loss_best"] = module.best_val_loss
-        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-        ckpt_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        ckpt_path = session.best_checkpoint
     if cfg.test:
         if not cfg.train and not ckpt_path:
             raise ValueError("train=false needs ckpt_path=<checkpoint to test>")
-        trainer.test(module, datamodule, ckpt_path=ckpt_path, weights_only=False)
+        trainer.test(module, session.datamodule, ckpt_path=ckpt_path, weights_only=False)
         metrics.update({f"test/{k}": v for k, v in module.test_metrics.items()})
         print_metrics(module.test_metrics, "COCO keypoints")
         print(f"Tested: {ckpt_path or 'the final weights'}")
         print(f"COCO AP: {module.test_metrics['AP']:.4f}")
-    for logger in loggers:
+    for logger in session.loggers:
         if isinstance(logger, WandbLogger) and logger._offline:
             print(f"W&B ran offline; upload with: wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")
     return metrics

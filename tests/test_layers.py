@@ -14,11 +14,15 @@ def _imported_after(statement: str) -> set[str]:
     return {name.split(".")[0] for name in out.split()}
 
 
-def test_search_imports_no_torch():
-    assert "torch" not in _imported_after("import evopose_pl.search")
+@pytest.mark.parametrize("module", ["evopose_pl.search", "evopose_pl.evolution", "evopose_pl.report"])
+def test_search_and_evolution_import_no_torch(module):
+    """The driver plans, selects and reports without torch (or Hydra)."""
+    assert not {"torch", "hydra", "lightning"} & _imported_after(f"import {module}")
 
 
-@pytest.mark.parametrize("module", ["evopose_pl.nets", "evopose_pl.transfer"])
+@pytest.mark.parametrize(
+    "module", ["evopose_pl.nets", "evopose_pl.transfer", "evopose_pl.evolution", "evopose_pl.report"]
+)
 def test_library_imports_no_hydra_or_lightning(module):
     loaded = _imported_after(f"import {module}")
     assert not {"hydra", "omegaconf", "lightning", "pytorch_lightning"} & loaded

@@ -1,0 +1,80 @@
+"""Run an EvoPose2D neuroevolution: a (mu + lambda) search over pose networks (SPEC section 6).
+
+    python evolve.py                                          # synthetic data, CPU, minutes
+    python evolve.py population=64 parents=4 gamma=-0.07 experiment=e3 data=coco data.root=/data/coco
+    python evolve.py search_name=my-search                    # the same command again resumes it
+
+Hydra multirun is the default mode: the ``evolution`` sweeper (``hydra_plugins/``) plans each
+generation and launches its children through the configured launcher; every job runs
+``main`` below, which trains one individual and returns its record.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+os.environ.setdefault("EVOPOSE_ROOT", str(ROOT))
+# Children launched in fresh interpreters (submitit) import `train` from here.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+
+import hydra  # noqa: E402
+from lightning.pytorch.loggers import WandbLogger  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from callbacks import WeightTransfer  # noqa: E402
+from evopose_pl.evolution import RESULT_FILE, fitness, write_json_atomic  # noqa: E402
+from evopose_pl.nets import count_flops, count_parameters  # noqa: E402
+from train import build  # noqa: E402
+
+
+def train_individual(cfg: DictConfig) -> dict:
+    """Train the individual the overrides name, measure it, and return (and save) its record.
+
+    Raises when training fails or the loss is not finite: the sweeper records the failure.
+    """
+    individual = cfg.individual
+    if individual.genotype is None:
+        raise ValueError(
+            "evolve.py trains the individuals of a search: run it in multirun mode (the default, hydra.mode=MULTIRUN)"
+        )
+    start = time.perf_counter()
+    session = build(cfg)
+    session.trainer.fit(session.module, session.datamodule)
+    val_loss = session.module.best_val_loss
+    if not math.isfinite(val_loss):
+        raise FloatingPointError(f"best validation loss is {val_loss}")
+    net = session.module.net
+    params = count_parameters(net)
+    transfer = next((c.report for c in session.callbacks if isinstance(c, WeightTransfer)), None)
+    record = {
+        "id": individual.id,
+        "genotype": individual.genotype,
+        "params": params.with_bn_stats,
+        "params_trainable": params.trainable,
+        "flops": count_flops(net, session.module.input_size),
+        "val_loss": val_loss,
+        "fitness": fitness(val_loss, params.with_bn_stats, cfg.target_params, cfg.gamma),
+        "checkpoint": session.best_checkpoint,
+        "wall_time": time.perf_counter() - start,
+        "transfer": transfer.summary() if transfer is not None else None,
+    }
+    for logger in session.loggers:
+        logger.log_hyperparams({"individual": {k: record[k] for k in ("params", "params_trainable", "flops")}})
+        logger.log_metrics({"fitness": record["fitness"], "val/loss_best": val_loss}, step=session.trainer.global_step)
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # the next child (the basic launcher runs them in this process) opens its own
+    write_json_atomic(Path(cfg.paths.output_dir) / RESULT_FILE, record)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evolve")
+def main(cfg: DictConfig) -> dict:
+    return train_individual(cfg)
+
+
+if __name__ == "__main__":
+    main()

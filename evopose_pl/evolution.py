@@ -1,0 +1,517 @@
+"""The (mu + lambda) neuroevolution (SPEC sections 5 and 6): settings, the population and its
+persistent state, the mutation plan of each generation, selection.
+
+Pure Python, no torch and no Hydra: the sweeper in ``hydra_plugins/`` drives an ``Evolution``
+and launches its children through any Hydra launcher; a child reports back its measured
+record (``RESULT_FILE`` in its own directory, and the job's return value).
+
+The sweep directory holds everything needed to resume: ``state.json`` (every individual, the
+parents, the genotype cache, the generator state), rewritten atomically after every change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from evopose_pl.search import GENOTYPES, Genotype, GenotypeError, SearchExhaustedError, SearchSpace, mutate
+
+STATE_FILE = "state.json"
+RESULT_FILE = "result.json"
+STATE_VERSION = 1
+
+PENDING, COMPLETED, FAILED = "pending", "completed", "failed"
+
+
+def fitness(val_loss: float, params: int, target_params: float, gamma: float) -> float:
+    """``J = L_val * (T / n_params)^gamma``, lower is better; gamma < 0 penalises large networks."""
+    return float(val_loss) * (float(target_params) / float(params)) ** float(gamma)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON through a temporary file and a rename: a reader (or a crash) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class SettingsError(ValueError):
+    """An invalid search setting; the message names the override to fix."""
+
+
+class SearchStopped(RuntimeError):
+    """The search stopped before its generation limit (too many failures, or no new genotype left).
+
+    The state was saved first: fix the cause and re-run the same command to resume.
+    """
+
+
+# Settings that define a search: resuming with any of them changed would mix two searches.
+IDENTITY = (
+    "population",
+    "parents",
+    "gamma",
+    "target_params",
+    "epochs",
+    "ancestor_epochs",
+    "ancestor",
+    "weight_transfer",
+    "seed",
+    "search_space",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs of a search, named as the top-level overrides of ``evolve.py``."""
+
+    population: int = 64
+    parents: int = 4
+    gamma: float = -0.07
+    target_params: float = 5e6
+    generations: int | None = None
+    epochs: int = 5
+    ancestor_epochs: int = 30
+    ancestor: Genotype = GENOTYPES["ancestor"]
+    weight_transfer: bool = True
+    seed: int = 0
+    max_failure_rate: float = 0.25
+    keep_checkpoints: bool = False
+    search_space: SearchSpace = field(default_factory=SearchSpace)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, override: str, message: str) -> None:
+            if not ok:
+                raise SettingsError(f"{override}={getattr(self, override)!r}: {message}")
+
+        for name in ("population", "parents", "epochs", "ancestor_epochs", "seed"):
+            need(_is_int(getattr(self, name)), name, "must be an integer")
+        need(self.population >= 1, "population", "must be at least 1")
+        need(self.parents >= 1, "parents", "must be at least 1")
+        need(
+            self.population % self.parents == 0,
+            "population",
+            f"must be divisible by parents={self.parents}: each parent has population/parents children",
+        )
+        need(self.epochs >= 1, "epochs", "must be at least 1")
+        need(self.ancestor_epochs >= 1, "ancestor_epochs", "must be at least 1")
+        need(
+            self.generations is None or (_is_int(self.generations) and self.generations >= 0),
+            "generations",
+            "must be null (run until stopped) or a whole number of generations >= 0",
+        )
+        need(_is_number(self.gamma), "gamma", "must be a number")
+        need(_is_number(self.target_params) and self.target_params > 0, "target_params", "must be a positive number")
+        need(
+            _is_number(self.max_failure_rate) and 0 <= self.max_failure_rate <= 1,
+            "max_failure_rate",
+            "must lie in [0, 1]",
+        )
+        need(isinstance(self.weight_transfer, bool), "weight_transfer", "must be true or false")
+        need(isinstance(self.keep_checkpoints, bool), "keep_checkpoints", "must be true or false")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
+        """Build from the top-level config keys; errors name the override at fault."""
+        values = {f.name: cfg[f.name] for f in fields(cls) if f.name in cfg and f.name != "search_space"}
+        space = cfg.get("search_space")
+        if space is None:
+            raise SettingsError("search_space: no search space configured (pick one: search_space=e3)")
+        try:
+            values["search_space"] = SearchSpace(**dict(space))
+        except TypeError as e:
+            known = [f.name for f in fields(SearchSpace) if f.init]
+            raise SettingsError(f"search_space: {e}; its fields are {known}") from None
+        except GenotypeError as e:
+            raise SettingsError(f"search_space: {e}") from None
+        if "ancestor" in values:
+            values["ancestor"] = parse_ancestor(values["ancestor"], values["search_space"])
+        else:
+            values["ancestor"] = values["search_space"].ancestor
+        return cls(**values)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that must match to resume a search, as JSON values."""
+        space = self.search_space
+        return {
+            **{name: getattr(self, name) for name in IDENTITY if name not in ("ancestor", "search_space")},
+            "ancestor": str(self.ancestor),
+            "search_space": {
+                "ancestor": str(space.ancestor),
+                "kernels": list(space.kernels),
+                "max_repeats": space.max_repeats,
+                "stride_modules": list(space.stride_modules),
+                "max_stride2": space.max_stride2,
+            },
+        }
+
+
+def parse_ancestor(value: Any, space: SearchSpace) -> Genotype:
+    """A named genotype (``ancestor``, ``evopose2d_s``, ...) or a genotype, checked against the space."""
+    try:
+        genotype = GENOTYPES[value] if isinstance(value, str) and value in GENOTYPES else Genotype.coerce(value)
+        return space.validate(genotype, what="the ancestor")
+    except GenotypeError as e:
+        raise SettingsError(
+            f"ancestor={value!r}: {e}. Give a named genotype ({', '.join(sorted(GENOTYPES))}) or a genotype"
+            " string such as k3r1c2s1-k3r2c3s2-k5r2c5s2-k3r3c10s2-k5r3c14s1-k5r4c24s2-k3r1c40s1"
+        ) from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class Individual:
+    """One sampled network and what its training measured. ``directory`` is relative to the sweep."""
+
+    id: int
+    generation: int
+    genotype: str
+    parent: int | None
+    directory: str
+    status: str = PENDING
+    params: int | None = None  # with BN statistics, as Keras counts them: the fitness uses this
+    params_trainable: int | None = None
+    flops: int | None = None
+    val_loss: float | None = None
+    fitness: float | None = None
+    checkpoint: str | None = None  # relative to the sweep when inside it; None once deleted
+    wall_time: float | None = None
+    transfer: dict[str, float] | None = None  # the weight-transfer report; None: trained from scratch
+    error: str | None = None
+
+    @property
+    def rank_key(self) -> tuple[float, int]:
+        return (self.fitness if self.status == COMPLETED and self.fitness is not None else math.inf, self.id)
+
+
+# What a child reports: the measured fields of its Individual.
+RESULT_FIELDS = ("params", "params_trainable", "flops", "val_loss", "fitness", "checkpoint", "wall_time", "transfer")
+
+
+@dataclass
+class SearchState:
+    """Everything in ``state.json``."""
+
+    settings: dict[str, Any]
+    generation: int = -1  # the newest planned generation
+    individuals: list[Individual] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    cache: list[str] = field(default_factory=list)  # every genotype sampled, in order
+    rng: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # one summary per selected generation
+    stopped: str | None = None
+    version: int = STATE_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str | os.PathLike = STATE_FILE) -> SearchState:
+        try:
+            if data.get("version") != STATE_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {STATE_VERSION}")
+            values = dict(data)
+            values["individuals"] = [Individual(**ind) for ind in data["individuals"]]
+            return cls(**values)
+        except (TypeError, KeyError, ValueError, AttributeError) as e:
+            raise ValueError(f"{source}: not a search state this version can read ({e})") from None
+
+
+def load_state(path: str | os.PathLike) -> SearchState:
+    """Read a sweep's ``state.json`` (a sweep directory or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no search state here (is this a sweep directory of evolve.py?)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return SearchState.from_json(data, path)
+
+
+class Job(NamedTuple):
+    """What a launched child needs besides the search's own config."""
+
+    individual: Individual
+    parent_checkpoint: Path | None
+    epochs: int
+
+
+class Evolution:
+    """The search behind the sweeper: plan a generation, record its children, select.
+
+    The driver loop::
+
+        evolution = Evolution(sweep_dir, settings)
+        while (generation := evolution.next_generation()) is not None:
+            for job in evolution.jobs(generation): launch it, then record() or record_failure()
+            evolution.select(generation)
+
+    Opening a directory with a state resumes it: a generation already planned is finished
+    (its completed children kept, children whose result file exists adopted), never re-drawn.
+    """
+
+    def __init__(self, directory: str | os.PathLike, settings: Settings) -> None:
+        self.directory = Path(directory)
+        self.settings = settings
+        self.path = self.directory / STATE_FILE
+        if self.path.exists():
+            self.state = load_state(self.path)
+            self._check_identity()
+        else:
+            self.state = SearchState(settings=settings.identity())
+        self.rng = np.random.default_rng(settings.seed)
+        if self.state.rng is not None:
+            self.rng.bit_generator.state = self.state.rng
+        self._by_id = {ind.id: ind for ind in self.state.individuals}
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.state.individuals)
+
+    def _check_identity(self) -> None:
+        saved, wanted = self.state.settings, self.settings.identity()
+        for key in IDENTITY:
+            if saved.get(key) != wanted[key]:
+                raise SettingsError(
+                    f"{key}={wanted[key]!r}, but {self.path} holds a search with {key}={saved.get(key)!r}."
+                    f" To resume it, re-run with {key}={saved.get(key)!r}; for a new search, choose another"
+                    " search_name (or hydra.sweep.dir)"
+                )
+
+    def individual(self, id: int) -> Individual:
+        return self._by_id[id]
+
+    def generation_of(self, generation: int) -> list[Individual]:
+        return [ind for ind in self.state.individuals if ind.generation == generation]
+
+    @property
+    def parents(self) -> list[Individual]:
+        return [self._by_id[i] for i in self.state.parents]
+
+    def save(self) -> None:
+        self.state.rng = self.rng.bit_generator.state
+        write_json_atomic(self.path, self.state.to_json())
+
+    # -- planning --------------------------------------------------------------------------
+
+    def next_generation(self) -> int | None:
+        """The generation to run now: an unfinished one, or a newly planned one; None at the limit."""
+        state = self.state
+        if state.generation >= 0 and len(state.history) <= state.generation:
+            generation = state.generation  # planned, not yet selected: finish it
+            for ind in self.generation_of(generation):
+                if ind.status == FAILED:  # a re-run after a stop retries the failures
+                    ind.status, ind.error, ind.fitness = PENDING, None, None
+            for ind in self.generation_of(generation):
+                if ind.status == PENDING:
+                    self.adopt_result(ind.id)
+            state.stopped = None
+            self.save()
+            return generation
+        generation = state.generation + 1
+        limit = self.settings.generations
+        if limit is not None and generation > limit:
+            return None
+        children = self._plan(generation)
+        if not children:
+            state.stopped = "search space exhausted: every single-gene mutation of every parent was sampled already"
+            self.save()
+            raise SearchStopped(state.stopped)
+        state.individuals.extend(children)
+        self._by_id.update((c.id, c) for c in children)
+        state.generation = generation
+        state.stopped = None
+        self.save()
+        return generation
+
+    def _plan(self, generation: int) -> list[Individual]:
+        state, settings = self.state, self.settings
+        next_id = len(state.individuals)
+        if generation == 0:
+            state.cache.append(str(settings.ancestor))
+            return [Individual(0, 0, str(settings.ancestor), None, _directory(0))]
+        cache = {Genotype.from_string(g) for g in state.cache}
+        parents = self.parents
+        quota = [settings.population // len(parents)] * len(parents)
+        for k in range(settings.population - sum(quota)):  # fewer parents than mu: the fittest take more
+            quota[k % len(parents)] += 1
+        children: list[Individual] = []
+        exhausted: set[int] = set()
+        while sum(quota) and len(exhausted) < len(parents):
+            for k, parent in enumerate(parents):
+                while quota[k] and k not in exhausted:
+                    try:
+                        genotype = mutate(Genotype.from_string(parent.genotype), self.rng, cache, settings.search_space)
+                    except SearchExhaustedError:
+                        exhausted.add(k)
+                        # its remaining children go to the next parent that can still produce
+                        open_parents = [j for j in range(len(parents)) if j not in exhausted]
+                        if open_parents:
+                            quota[open_parents[0]] += quota[k]
+                        quota[k] = 0
+                        break
+                    quota[k] -= 1
+                    state.cache.append(str(genotype))
+                    child_id = next_id + len(children)
+                    children.append(Individual(child_id, generation, str(genotype), parent.id, _directory(child_id)))
+        return children
+
+    def adopt_result(self, id: int) -> bool:
+        """Take the result file a child left in its directory (it finished while the driver was gone)."""
+        ind = self._by_id[id]
+        try:
+            data = json.loads((self.directory / ind.directory / RESULT_FILE).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False  # written atomically, so a broken file is foreign: retrain
+        if data.get("id") != ind.id or data.get("genotype") != ind.genotype:
+            return False
+        self.record(id, data)
+        return True
+
+    def jobs(self, generation: int) -> Iterator[Job]:
+        """The children of ``generation`` still to train, with what each one inherits."""
+        for ind in self.generation_of(generation):
+            if ind.status != PENDING:
+                continue
+            parent_checkpoint = None
+            if ind.parent is not None and self.settings.weight_transfer:
+                parent_checkpoint = self._absolute(self._by_id[ind.parent].checkpoint)
+            epochs = self.settings.ancestor_epochs if ind.generation == 0 else self.settings.epochs
+            yield Job(ind, parent_checkpoint, epochs)
+
+    def prepare(self, job: Job) -> Path:
+        """The job's directory, cleared of checkpoints an interrupted attempt left behind."""
+        directory = self.directory / job.individual.directory
+        for stale in (directory / "checkpoints").glob("*.ckpt"):
+            stale.unlink()
+        (directory / RESULT_FILE).unlink(missing_ok=True)
+        return directory
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record(self, id: int, result: Mapping[str, Any]) -> Individual:
+        """A child finished: store its measurements (and save the state)."""
+        ind = self._by_id[id]
+        missing = [k for k in RESULT_FIELDS if k not in result]
+        if missing:
+            return self.record_failure(id, f"the child's result lacks {missing}")
+        for key in RESULT_FIELDS:
+            setattr(ind, key, result[key])
+        ind.checkpoint = self._relative(ind.checkpoint)
+        if ind.fitness is None or not math.isfinite(ind.fitness):
+            return self.record_failure(id, f"non-finite fitness {ind.fitness} (validation loss {ind.val_loss})")
+        ind.status, ind.error = COMPLETED, None
+        self.save()
+        return ind
+
+    def record_failure(self, id: int, error: str) -> Individual:
+        ind = self._by_id[id]
+        ind.status, ind.error, ind.fitness = FAILED, error, math.inf
+        self.save()
+        return ind
+
+    # -- selection -------------------------------------------------------------------------
+
+    def select(self, generation: int) -> dict[str, Any]:
+        """Keep the mu fittest of the parents and this generation's children; delete what cannot be a parent.
+
+        Raises ``SearchStopped`` (with the state saved) when the generation's failure rate
+        exceeds ``max_failure_rate`` or nothing completed.
+        """
+        children = self.generation_of(generation)
+        unfinished = [c.id for c in children if c.status == PENDING]
+        if unfinished:
+            raise RuntimeError(f"generation {generation} still has unfinished children {unfinished}")
+        failed = [c for c in children if c.status == FAILED]
+        rate = len(failed) / len(children)
+        candidates = [p for p in self.parents if p.status == COMPLETED]
+        candidates += [c for c in children if c.status == COMPLETED]
+        if rate > self.settings.max_failure_rate or not candidates:
+            first = failed[0]
+            self.state.stopped = (
+                f"generation {generation}: {len(failed)} of {len(children)} children failed"
+                f" (rate {rate:.2f} > max_failure_rate={self.settings.max_failure_rate});"
+                f" first error, individual {first.id} ({first.directory}): {first.error}"
+            )
+            self.save()
+            raise SearchStopped(self.state.stopped)
+        parents = sorted(candidates, key=lambda ind: ind.rank_key)[: self.settings.parents]
+        self.state.parents = [p.id for p in parents]
+        completed = [c.fitness for c in children if c.status == COMPLETED]
+        best_child = min((c for c in children if c.status == COMPLETED), key=lambda ind: ind.rank_key)
+        summary = {
+            "generation": generation,
+            "children": len(children),
+            "failed": len(failed),
+            "best_fitness": best_child.fitness,
+            "best_id": best_child.id,
+            "median_fitness": statistics.median(completed),
+            "parents": list(self.state.parents),
+            "parent_fitness": [p.fitness for p in parents],
+        }
+        self.state.history.append(summary)
+        if not self.settings.keep_checkpoints:
+            self._delete_checkpoints()
+        self.save()
+        return summary
+
+    def _delete_checkpoints(self) -> None:
+        """(mu + lambda): a network that is not a parent now never will be; its record stays."""
+        keep = set(self.state.parents)
+        for ind in self.state.individuals:
+            if ind.id in keep or ind.status == PENDING:
+                continue
+            if ind.checkpoint is not None:
+                path = self._absolute(ind.checkpoint)
+                if path is not None and path.is_relative_to(self.directory.resolve()):
+                    path.unlink(missing_ok=True)
+                ind.checkpoint = None
+            for stale in (self.directory / ind.directory / "checkpoints").glob("*.ckpt"):
+                stale.unlink()  # a failed child may have saved one before failing
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def _relative(self, path: str | None) -> str | None:
+        if path is None:
+            return None
+        p = Path(path).resolve()
+        root = self.directory.resolve()
+        return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+    def _absolute(self, path: str | None) -> Path | None:
+        if path is None:
+            return None
+        p = Path(path)
+        return p if p.is_absolute() else (self.directory / p).resolve()
+
+
+def _directory(id: int) -> str:
+    return f"individuals/{id:04d}"

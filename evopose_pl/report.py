@@ -1,0 +1,299 @@
+"""The search as a table and plots: ``individuals.csv``, ``pareto.png`` and ``fitness.png`` in the
+sweep directory, and the same in a Weights & Biases search run.
+
+    python -m evopose_pl.report outputs/evolve/<search_name>     # rebuild, finished or not
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import netrc
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evopose_pl.evolution import COMPLETED, Individual, SearchState, load_state
+
+CSV_FILE = "individuals.csv"
+PARETO_FILE = "pareto.png"
+FITNESS_FILE = "fitness.png"
+COLUMNS = (
+    "id",
+    "generation",
+    "parent",
+    "genotype",
+    "status",
+    "params",
+    "params_trainable",
+    "flops",
+    "val_loss",
+    "fitness",
+    "inherited",
+    "is_parent",
+    "wall_time",
+    "checkpoint",
+    "error",
+)
+
+
+def wandb_key_configured() -> bool:
+    """An API key in the environment or in ~/.netrc (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def rows(state: SearchState) -> list[dict[str, Any]]:
+    """One row per individual, in the CSV's columns."""
+    parents = set(state.parents)
+    return [
+        {
+            **{k: getattr(ind, k) for k in COLUMNS if hasattr(ind, k)},
+            "inherited": ind.transfer.get("transfer/inherited_fraction") if ind.transfer else None,
+            "is_parent": ind.id in parents,
+        }
+        for ind in state.individuals
+    ]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats in both coordinates (lower is better), by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def generation_bests(state: SearchState) -> list[Individual]:
+    """The fittest completed network of each generation."""
+    best: dict[int, Individual] = {}
+    for ind in _completed(state):
+        if ind.generation not in best or ind.rank_key < best[ind.generation].rank_key:
+            best[ind.generation] = ind
+    return [best[g] for g in sorted(best)]
+
+
+def _completed(state: SearchState) -> list[Individual]:
+    return [ind for ind in state.individuals if ind.status == COMPLETED]
+
+
+def write_csv(state: SearchState, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows(state))
+    os.replace(tmp, path)
+    return path
+
+
+def plot_pareto(state: SearchState, path: Path) -> Path:
+    """Validation loss against parameters for every trained network (the paper's Pareto figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = _completed(state)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    if done:
+        x = [ind.params / 1e6 for ind in done]
+        y = [ind.val_loss for ind in done]
+        points = ax.scatter(x, y, c=[ind.generation for ind in done], cmap="viridis", s=22, alpha=0.8, zorder=2)
+        bar = fig.colorbar(points, ax=ax, label="generation")
+        bar.set_ticks(sorted({ind.generation for ind in done}))
+        front = pareto_front(list(zip(x, y)))
+        ax.step(
+            [x[i] for i in front],
+            [y[i] for i in front],
+            where="post",
+            color="tab:red",
+            lw=1.2,
+            label="Pareto front",
+            zorder=1,
+        )
+        bests = generation_bests(state)
+        ax.scatter(
+            [b.params / 1e6 for b in bests],
+            [b.val_loss for b in bests],
+            marker="*",
+            s=160,
+            facecolor="none",
+            edgecolor="black",
+            lw=1.0,
+            label="best fitness of its generation",
+            zorder=3,
+        )
+        for b in bests:
+            ax.annotate(
+                f"g{b.generation}", (b.params / 1e6, b.val_loss), textcoords="offset points", xytext=(5, 4), fontsize=7
+            )
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("parameters (millions, with BN statistics)")
+    ax.set_ylabel("best validation loss")
+    last = f", generations 0-{state.history[-1]['generation']}" if state.history else ""
+    ax.set_title(f"{len(done)} networks trained{last}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_fitness(state: SearchState, path: Path) -> Path:
+    """Every network's fitness by generation, with each generation's best and median and the best parent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = _completed(state)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter(
+        [d.generation for d in done], [d.fitness for d in done], s=14, alpha=0.5, color="tab:gray", label="network"
+    )
+    gens = sorted({d.generation for d in done})
+    per_gen = [[d.fitness for d in done if d.generation == g] for g in gens]
+    ax.plot(gens, [min(f) for f in per_gen], "o-", color="tab:blue", label="best of generation")
+    ax.plot(gens, [statistics.median(f) for f in per_gen], "s--", color="tab:orange", label="median of generation")
+    if state.history:
+        ax.plot(
+            [h["generation"] for h in state.history],
+            [min(h["parent_fitness"]) for h in state.history],
+            color="tab:red",
+            lw=1,
+            label="best so far",
+        )
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness (lower is better)")
+    ax.grid(alpha=0.3)
+    if done:
+        ax.legend(fontsize=8)
+        ax.set_xticks(gens)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(sweep_dir: str | os.PathLike, state: SearchState | None = None) -> list[Path]:
+    """Write the CSV and both plots into the sweep directory; returns their paths."""
+    sweep_dir = Path(sweep_dir)
+    state = state or load_state(sweep_dir)
+    return [
+        write_csv(state, sweep_dir / CSV_FILE),
+        _atomic_plot(plot_pareto, state, sweep_dir / PARETO_FILE),
+        _atomic_plot(plot_fitness, state, sweep_dir / FITNESS_FILE),
+    ]
+
+
+def _atomic_plot(plot, state: SearchState, path: Path) -> Path:
+    tmp = path.with_name(f".tmp.{path.name}")
+    plot(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class SearchRun:
+    """The driver's W&B run: per generation, the best and median fitness, and a table of all
+    individuals with scatter plots of validation loss and fitness against parameters.
+
+    Created with ``reinit="create_new"`` so that it never becomes the process's global run:
+    children trained in this process (the basic launcher) open their own runs beside it.
+    """
+
+    def __init__(self, project: str, name: str, group: str, directory: Path, offline: bool | None = None) -> None:
+        import wandb
+
+        if offline is None:
+            offline = not wandb_key_configured()
+        if offline:  # read once by wandb's process-wide settings: children in this process inherit it
+            os.environ.setdefault("WANDB_MODE", "offline")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            group=group,
+            job_type="search",
+            dir=str(directory),
+            mode="offline" if offline else "online",
+            reinit="create_new",
+            id=f"{group}-search".replace("/", "_")[-64:],
+            resume="allow",
+        )
+        self.run.define_metric("search/generation")
+        self.run.define_metric("search/*", step_metric="search/generation")
+        self.offline = offline
+
+    def log_generation(self, state: SearchState, summary: dict[str, Any]) -> None:
+        import wandb
+
+        table = wandb.Table(columns=list(COLUMNS))
+        for row in rows(state):
+            table.add_data(*(_wandb_value(row[c]) for c in COLUMNS))
+        done = wandb.Table(columns=["params", "val_loss", "fitness", "generation", "id"])
+        for ind in _completed(state):
+            done.add_data(ind.params, ind.val_loss, ind.fitness, ind.generation, ind.id)
+        self.run.log(
+            {
+                "search/generation": summary["generation"],
+                "search/best_fitness": summary["best_fitness"],
+                "search/median_fitness": summary["median_fitness"],
+                "search/best_parent_fitness": min(summary["parent_fitness"]),
+                "search/failed": summary["failed"],
+                "search/individuals": table,
+                "search/val_loss_vs_params": wandb.plot.scatter(
+                    done, "params", "val_loss", title="Validation loss against parameters"
+                ),
+                "search/fitness_vs_params": wandb.plot.scatter(
+                    done, "params", "fitness", title="Fitness against parameters"
+                ),
+            }
+        )
+
+    def finish(self) -> None:
+        self.run.finish()
+        if self.offline:
+            print(f"W&B ran offline; upload the search with: wandb sync {Path(self.run.dir).parent}")
+
+
+def _wandb_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m evopose_pl.report", description="Rebuild a search's table and plots from its state.json."
+    )
+    parser.add_argument("sweep_dir", type=Path, help="the search's sweep directory (it holds state.json)")
+    args = parser.parse_args(argv)
+    try:
+        state = load_state(args.sweep_dir)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    for path in write_report(args.sweep_dir, state):
+        print(path)
+    done = _completed(state)
+    best = min(done, key=lambda ind: ind.rank_key) if done else None
+    print(f"{len(state.individuals)} individuals, {len(done)} trained, {len(state.history)} generations selected")
+    if best is not None:
+        print(
+            f"fittest: individual {best.id} (generation {best.generation}) {best.genotype}"
+            f" fitness {best.fitness:.4g}, validation loss {best.val_loss:.4g}, {best.params / 1e6:.2f}M parameters"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Hydra plugin: the EvoPose2D (mu + lambda) sweeper (``hydra/sweeper=evolution``)."""

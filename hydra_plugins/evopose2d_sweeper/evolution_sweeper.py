@@ -1,0 +1,203 @@
+"""The (mu + lambda) sweeper: ``evopose_pl.evolution`` decides, any Hydra launcher trains.
+
+Per generation: plan the children (mutations of the parents), launch them in batches of
+``max_batch_size`` with ``launcher.launch(batch, initial_job_idx=...)``, record each child's
+return (or its failure) in ``state.json``, select the next parents, write the table and plots,
+and log the generation to the W&B search run when the config has a W&B logger.
+"""
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from evopose_pl.evolution import Evolution, Individual, Job, SearchStopped, Settings, SettingsError
+from evopose_pl.report import SearchRun, write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvolutionSweeperConf:
+    _target_: str = "hydra_plugins.evopose2d_sweeper.evolution_sweeper.EvolutionSweeper"
+    # Children per launcher.launch call; null launches a whole generation at once. The state is
+    # saved after every launch, so 1 (the basic launcher's setting) records each child as it ends.
+    max_batch_size: Optional[int] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
+    # GPUs of this machine to spread parallel children over: child k of a launch trains on GPU
+    # k (trainer.devices=[k]) and a launch holds at most this many children. null: leave devices alone.
+    gpus: Optional[int] = None  # noqa: UP045
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="evolution", node=EvolutionSweeperConf, provider="evopose2d")
+
+
+def _quote(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back unchanged."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, int, float)):
+        return str(value).lower() if isinstance(value, bool) else repr(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+class EvolutionSweeper(Sweeper):
+    """Hydra's side of the search; see ``evopose_pl.evolution.Evolution`` for the logic."""
+
+    def __init__(self, max_batch_size: int | None = None, gpus: int | None = None) -> None:
+        if max_batch_size is not None and max_batch_size < 1:
+            raise SettingsError(f"hydra.sweeper.max_batch_size={max_batch_size}: must be null or at least 1")
+        if gpus is not None and gpus < 1:
+            raise SettingsError(f"hydra.sweeper.gpus={gpus}: must be null or at least 1")
+        self.max_batch_size = max_batch_size
+        self.gpus = gpus
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+
+    def sweep(self, arguments: list[str]) -> list[Individual]:
+        arguments = self._check_arguments(arguments)
+        knobs = OmegaConf.masked_copy(self.config, [f.name for f in fields(Settings) if f.name in self.config])
+        settings = Settings.from_config(OmegaConf.to_container(knobs, resolve=True))
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        evolution = Evolution(sweep_dir, settings)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        batch_size = min(self.max_batch_size or settings.population, self.gpus or settings.population)
+        action = "Resuming" if evolution.resumed else "Starting"
+        log.info(
+            f"{action} the search in {sweep_dir}: population {settings.population}, parents {settings.parents},"
+            f" gamma {settings.gamma}, target_params {settings.target_params:g}, generations"
+            f" {settings.generations if settings.generations is not None else 'unlimited'},"
+            f" {batch_size} children per launch"
+        )
+        search_run = self._search_run(sweep_dir)
+        try:
+            while (generation := evolution.next_generation()) is not None:
+                jobs = list(evolution.jobs(generation))
+                done = len(evolution.generation_of(generation)) - len(jobs)
+                log.info(f"Generation {generation}: {len(jobs)} to train" + (f", {done} done before" if done else ""))
+                for start in range(0, len(jobs), batch_size):
+                    self._launch(evolution, arguments, jobs[start : start + batch_size])
+                summary = evolution.select(generation)
+                write_report(sweep_dir, evolution.state)
+                if search_run is not None:
+                    search_run.log_generation(evolution.state, summary)
+                self._log_summary(evolution, summary)
+        except SearchStopped as e:
+            write_report(sweep_dir, evolution.state)
+            log.error(f"The search stopped; its state is saved in {evolution.path}. {e}")
+            raise
+        finally:
+            if search_run is not None:
+                search_run.finish()
+        write_report(sweep_dir, evolution.state)
+        best = evolution.parents[0]
+        log.info(
+            f"Search finished after generation {evolution.state.generation}: the fittest network is individual"
+            f" {best.id} {best.genotype} (fitness {best.fitness:.4g}, {best.params / 1e6:.2f}M parameters);"
+            f" table and plots in {sweep_dir}. Raise generations= and re-run to continue it."
+        )
+        return evolution.state.individuals
+
+    def _check_arguments(self, arguments: list[str]) -> list[str]:
+        """The command line goes to every child unchanged; reject what a search cannot honour."""
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        for override in parsed:
+            if override.is_sweep_override():
+                raise SettingsError(
+                    f"{override.input_line}: sweeps over values are not part of a search; run one search per value"
+                )
+            if override.get_key_element().split("@")[0].startswith("individual."):
+                raise SettingsError(f"{override.input_line}: individual.* is set by the search for each child")
+        return list(arguments)
+
+    def _overrides(self, arguments: Sequence[str], job: Job, slot: int) -> list[str]:
+        ind = job.individual
+        overrides = [
+            *arguments,
+            f"individual.id={ind.id}",
+            f"individual.generation={ind.generation}",
+            f"individual.parent={_quote(ind.parent)}",
+            f"individual.genotype={_quote(ind.genotype)}",
+            f"individual.directory={_quote(ind.directory)}",
+            f"individual.parent_checkpoint={_quote(job.parent_checkpoint and os.fspath(job.parent_checkpoint))}",
+            f"trainer.max_epochs={job.epochs}",
+        ]
+        if self.gpus is not None:
+            overrides += ["trainer.accelerator=gpu", f"trainer.devices=[{slot}]"]
+        return overrides
+
+    def _launch(self, evolution: Evolution, arguments: Sequence[str], jobs: list[Job]) -> None:
+        batch = [self._overrides(arguments, job, slot) for slot, job in enumerate(jobs)]
+        if self.job_idx == 0:
+            self.validate_batch_is_legal(batch[:1])  # a config error surfaces before anything trains
+        for job in jobs:
+            evolution.prepare(job)
+        start = time.perf_counter()
+        try:
+            returns: Sequence[JobReturn | None] = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+        except Exception as e:  # a launcher that lost its jobs (a killed SLURM job): results on disk still count
+            log.exception("The launcher failed; children that wrote their result are kept")
+            returns = [None] * len(jobs)
+            launch_error = f"launcher: {type(e).__name__}: {e}"
+        self.job_idx += len(batch)
+        for job, ret in zip(jobs, returns):
+            ind = job.individual
+            if ret is not None and ret.status == JobStatus.COMPLETED:
+                evolution.record(ind.id, ret.return_value)
+            elif ret is not None:
+                error = ret._return_value  # reading return_value of a failed job re-raises its exception
+                evolution.record_failure(ind.id, f"{type(error).__name__}: {error}")
+            elif not evolution.adopt_result(ind.id):
+                evolution.record_failure(ind.id, launch_error)
+            self._log_child(ind, time.perf_counter() - start)
+
+    def _log_child(self, ind: Individual, elapsed: float) -> None:
+        where = f"individual {ind.id} (generation {ind.generation}, parent {ind.parent}) {ind.genotype}"
+        if ind.status != "completed":
+            log.warning(f"{where}: FAILED after {elapsed:.0f} s: {ind.error}")
+            return
+        inherited = f", {100 * ind.transfer['transfer/inherited_fraction']:.0f}% inherited" if ind.transfer else ""
+        log.info(
+            f"{where}: validation loss {ind.val_loss:.4g}, {ind.params / 1e6:.2f}M parameters,"
+            f" {ind.flops / 1e9:.3f}G FLOPs, fitness {ind.fitness:.4g}{inherited}, {ind.wall_time:.0f} s"
+        )
+
+    def _log_summary(self, evolution: Evolution, summary: dict[str, Any]) -> None:
+        parents = ", ".join(f"{p.id} ({p.fitness:.4g})" for p in evolution.parents)
+        failed = f", {summary['failed']} failed" if summary["failed"] else ""
+        log.info(
+            f"Generation {summary['generation']} selected: best fitness {summary['best_fitness']:.4g}"
+            f" (individual {summary['best_id']}), median {summary['median_fitness']:.4g}{failed};"
+            f" parents {parents}"
+        )
+
+    def _search_run(self, sweep_dir: Path) -> SearchRun | None:
+        """A W&B search run when the children log to W&B (same project, grouped by search)."""
+        for conf in (self.config.get("logger") or {}).values():
+            if conf is not None and str(conf.get("_target_", "")).endswith("WandbLogger"):
+                return SearchRun(
+                    project=conf.project,
+                    name=f"{self.config.search_name}-search",
+                    group=str(self.config.search_name),
+                    directory=sweep_dir,
+                    offline=conf.get("offline"),
+                )
+        return None

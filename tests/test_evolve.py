@@ -1,0 +1,243 @@
+"""evolve.py through the real command line: multirun searches with real launchers and children."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evopose_pl.evolution import COMPLETED, FAILED, load_state
+from evopose_pl.report import CSV_FILE, FITNESS_FILE, PARETO_FILE
+
+from .conftest import ROOT
+
+# A small genotype of the E3 space, a narrow head and a few tiny images: a child trains in about a second.
+SMALL = "k3r1c1s1-k3r1c2s2-k3r1c3s2-k3r1c4s2-k3r1c6s1-k3r1c8s1-k3r1c8s1"
+TINY = [
+    "logger=none",
+    "data.num_workers=0",
+    "data.synthetic.train_images=24",
+    "data.synthetic.val_images=6",
+    "data.batch_size=8",
+    f"ancestor={SMALL}",
+    "+model.head_channels=32",
+    "population=4",
+    "parents=2",
+    "generations=2",
+    "epochs=1",
+    "ancestor_epochs=1",
+]
+FAIL = [
+    "+callbacks.fail._target_=tests.failing.FailIndividuals",
+    "+callbacks.fail.individual=${individual.id}",
+]
+
+
+def evolve(sweep_dir: Path, *overrides: str, env: dict | None = None, timeout: int = 600):
+    return subprocess.run(
+        [sys.executable, "evolve.py", f"hydra.sweep.dir={sweep_dir}", *TINY, *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def basic_search(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("evolve") / "basic"
+    output = _ok(evolve(sweep))
+    return sweep, load_state(sweep), output
+
+
+def _fitness_order(individuals):
+    return sorted((i for i in individuals if i.status == COMPLETED), key=lambda i: (i.fitness, i.id))
+
+
+def test_basic_search_completes_with_a_consistent_state(basic_search):
+    sweep, state, output = basic_search
+    assert len(state.individuals) == 1 + 2 * 4 and all(i.status == COMPLETED for i in state.individuals)
+    assert [h["generation"] for h in state.history] == [0, 1, 2] and state.stopped is None
+    # (mu + lambda) is elitist: the final parents are the mu fittest of every network ever trained
+    assert state.parents == [i.id for i in _fitness_order(state.individuals)[:2]]
+    genotypes = [i.genotype for i in state.individuals]
+    assert len(set(genotypes)) == len(genotypes) and state.cache == genotypes
+    previous_parents = {1: {0}, 2: set(state.history[1]["parents"])}
+    for ind in state.individuals:
+        assert ind.params > ind.params_trainable > 0 and ind.flops > 0 and ind.wall_time > 0
+        assert ind.fitness == pytest.approx(ind.val_loss * (5e6 / ind.params) ** -0.07)
+        assert json.loads((sweep / ind.directory / "result.json").read_text())["fitness"] == ind.fitness
+        if ind.generation:
+            assert ind.parent in previous_parents[ind.generation]
+            assert 0 < ind.transfer["transfer/inherited_fraction"] <= 1
+        checkpoints = list((sweep / ind.directory).rglob("*.ckpt"))
+        if ind.id in state.parents:
+            assert checkpoints == [sweep / ind.checkpoint]
+        else:
+            assert checkpoints == [] and ind.checkpoint is None
+    assert output.count("individual ") >= 9 and output.count(" selected: best fitness") == 3
+    assert (sweep / CSV_FILE).read_text().count("\n") == 1 + 9
+    for png in (PARETO_FILE, FITNESS_FILE):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerunning_a_finished_search_trains_nothing(basic_search):
+    sweep, _, _ = basic_search
+    before = (sweep / "state.json").read_bytes()
+    output = _ok(evolve(sweep))
+    assert "Launching" not in output and "Search finished after generation 2" in output
+    assert (sweep / "state.json").read_bytes() == before
+
+
+def test_changed_search_settings_refuse_to_resume(basic_search):
+    sweep, _, _ = basic_search
+    before = (sweep / "state.json").read_bytes()
+    result = evolve(sweep, "gamma=-0.05")
+    assert result.returncode != 0
+    assert "gamma=-0.05" in result.stderr and "re-run with gamma=-0.07" in result.stderr
+    assert (sweep / "state.json").read_bytes() == before
+
+
+def test_resume_after_sigkill_mid_generation_matches_the_uninterrupted_search(basic_search, tmp_path):
+    _, uninterrupted, _ = basic_search
+    sweep = tmp_path / "killed"
+    command = [sys.executable, "evolve.py", f"hydra.sweep.dir={sweep}", *TINY]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                state = load_state(sweep)
+            except (FileNotFoundError, ValueError):
+                state = None
+            if state and sum(i.generation == 2 and i.status == COMPLETED for i in state.individuals) >= 1:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the search ended before it could be killed mid-generation"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        process.kill()
+    killed = load_state(sweep)
+    done = {i.id: (sweep / i.directory / "result.json").stat().st_mtime_ns for i in killed.individuals
+            if i.status == COMPLETED}  # fmt: skip
+    assert 1 + 4 < len(done) < 9, "killed in generation 2"
+
+    output = _ok(evolve(sweep))
+    resumed = load_state(sweep)
+    for id, mtime in done.items():  # finished children were not trained again
+        assert (sweep / resumed.individuals[id].directory / "result.json").stat().st_mtime_ns == mtime
+    assert output.count("individual ") - output.count("Search finished") >= 9 - len(done)
+    assert all(i.status == COMPLETED for i in resumed.individuals) and len(resumed.history) == 3
+    assert [i.genotype for i in resumed.individuals] == [i.genotype for i in uninterrupted.individuals]
+    assert resumed.parents == uninterrupted.parents
+    for a, b in zip(resumed.individuals, uninterrupted.individuals):
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
+
+
+def test_joblib_search_runs_children_in_parallel_workers(basic_search, tmp_path):
+    _, basic, _ = basic_search
+    sweep = tmp_path / "joblib"
+    output = _ok(evolve(sweep, "launcher=joblib", "hydra.launcher.n_jobs=2"))
+    state = load_state(sweep)
+    assert "Joblib.Parallel" in output and "2 children per launch" in output
+    assert len(state.individuals) == 9 and all(i.status == COMPLETED for i in state.individuals)
+    assert state.parents == [i.id for i in _fitness_order(state.individuals)[:2]]
+    # the same seed draws the same children from the same parents
+    assert [i.genotype for i in state.individuals[:5]] == [i.genotype for i in basic.individuals[:5]]
+    for ind in state.individuals:
+        assert (list((sweep / ind.directory).rglob("*.ckpt")) != []) == (ind.id in state.parents)
+    assert (sweep / PARETO_FILE).exists() and (sweep / FITNESS_FILE).exists() and (sweep / CSV_FILE).exists()
+
+
+def test_failed_children_are_recorded_and_the_search_goes_on(tmp_path):
+    sweep = tmp_path / "failures"
+    output = _ok(evolve(sweep, "generations=1", "max_failure_rate=0.5", *FAIL,
+                        "+callbacks.fail.raise_for=[2]", "+callbacks.fail.nan_for=[3]"))  # fmt: skip
+    state = load_state(sweep)
+    by_id = {i.id: i for i in state.individuals}
+    assert by_id[2].status == by_id[3].status == FAILED and math.isinf(by_id[2].fitness)
+    assert "RuntimeError: injected failure of individual 2" in by_id[2].error
+    assert "FloatingPointError" in by_id[3].error and "nan" in by_id[3].error
+    assert by_id[1].status == by_id[4].status == COMPLETED and len(state.history) == 2
+    assert set(state.parents) <= {0, 1, 4}
+    assert "FAILED" in output and state.history[1]["failed"] == 2
+
+
+def test_too_many_failures_stop_the_search_cleanly(tmp_path):
+    sweep = tmp_path / "stopped"
+    result = evolve(sweep, "generations=2", "max_failure_rate=0.5", *FAIL, "+callbacks.fail.raise_for=[1,2,3]")
+    assert result.returncode != 0
+    assert "3 of 4 children failed" in result.stderr and "injected failure of individual 1" in result.stderr
+    state = load_state(sweep)  # intact and complete up to the failure
+    assert state.stopped and len(state.history) == 1 and state.parents == [0]
+    assert [i.status for i in state.individuals] == [COMPLETED, FAILED, FAILED, FAILED, COMPLETED]
+    assert (sweep / state.individuals[0].checkpoint).exists()  # the parent keeps its weights for a re-run
+    assert (sweep / CSV_FILE).exists()
+
+
+def test_no_weight_transfer_and_offline_wandb(tmp_path):
+    sweep = tmp_path / "scratch"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc: no W&B key
+    output = _ok(evolve(sweep, "generations=1", "population=2", "parents=1", "weight_transfer=false",
+                        "logger=wandb", "search_name=scratch", env=env))  # fmt: skip
+    state = load_state(sweep)
+    assert all(i.transfer is None for i in state.individuals) and "weight transfer:" not in output
+    assert state.settings["weight_transfer"] is False
+    for ind in state.individuals:  # one offline W&B run per child, and the search run
+        runs = list((sweep / ind.directory / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    search_runs = list((sweep / "wandb").glob("offline-run-*"))
+    assert len(search_runs) == 1 and "wandb sync" in output
+
+
+def test_submitit_local_runs_a_generation(tmp_path):
+    sweep = tmp_path / "submitit"
+    _ok(evolve(sweep, "launcher=submitit_local", "generations=1", "population=2", "parents=1"))
+    state = load_state(sweep)
+    assert len(state.individuals) == 3 and all(i.status == COMPLETED for i in state.individuals)
+    assert list((sweep / ".submitit").iterdir())
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("population=5", "population=5: must be divisible by parents=2"),
+        ("ancestor=k3r1c2s1", "ancestor='k3r1c2s1': the ancestor has 1 module genes"),
+        ("search_space.max_repeats=0", "search_space: search space max_repeats"),
+        ("gamma=-0.07,-0.05", "gamma=-0.07,-0.05: sweeps over values are not part of a search"),
+        ("individual.id=3", "individual.id=3: individual.* is set by the search"),
+    ],
+)
+def test_invalid_overrides_fail_before_anything_is_launched(tmp_path, override, message):
+    sweep = tmp_path / "invalid"
+    result = evolve(sweep, override)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
+    assert not (sweep / "state.json").exists() and not (sweep / "individuals").exists()
+
+
+def test_report_rebuilds_table_and_plots(basic_search, tmp_path):
+    sweep, state, _ = basic_search
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "state.json").write_bytes((sweep / "state.json").read_bytes())
+    result = subprocess.run([sys.executable, "-m", "evopose_pl.report", str(copy)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"fittest: individual {state.parents[0]}" in result.stdout
+    assert {p.name for p in copy.iterdir()} >= {CSV_FILE, PARETO_FILE, FITNESS_FILE}
+    missing = subprocess.run([sys.executable, "-m", "evopose_pl.report", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no search state here" in missing.stderr

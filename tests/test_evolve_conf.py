@@ -1,0 +1,91 @@
+"""evolve.py's configs compose for every experiment and launcher; the sweeper's job overrides."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from evopose_pl.evolution import Evolution, Settings
+from hydra_plugins.evopose2d_sweeper.evolution_sweeper import EvolutionSweeper
+
+from .conftest import CONF_DIR, ROOT
+
+
+def _compose(*overrides: str):
+    os.environ.setdefault("EVOPOSE_ROOT", str(ROOT))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="evolve", overrides=list(overrides), return_hydra_config=True)
+
+
+def _settings(cfg) -> Settings:
+    knobs = OmegaConf.masked_copy(cfg, [k for k in Settings.__dataclass_fields__ if k in cfg])
+    return Settings.from_config(OmegaConf.to_container(knobs, resolve=True))
+
+
+def test_default_is_a_small_multirun_demo_on_synthetic_data():
+    cfg = _compose()
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper._target_.endswith("EvolutionSweeper")
+    assert cfg.data._target_.endswith("SyntheticDataModule") and cfg.module.warmup_epochs == 0
+    assert cfg.data.augmentation.rotation_prob == 0 and cfg.data.augmentation.scale_factor == 0
+    settings = _settings(cfg)
+    assert settings.population == 4 and settings.parents == 2 and settings.generations == 3
+
+
+@pytest.mark.parametrize(
+    "experiment,population,gamma,transfer",
+    [("e1", 64, -0.05, True), ("e2", 32, -0.07, True), ("e3", 64, -0.07, True), ("e3_no_transfer", 64, -0.07, False)],
+)
+def test_paper_experiments_compose_at_paper_scale(experiment, population, gamma, transfer):
+    cfg = _compose(f"experiment={experiment}", "data.root=/data/coco")
+    settings = _settings(cfg)
+    assert (settings.population, settings.parents, settings.gamma) == (population, 4, gamma)
+    assert settings.weight_transfer is transfer and settings.target_params == 5e6
+    assert (settings.epochs, settings.ancestor_epochs, settings.generations) == (5, 30, None)
+    assert cfg.data.batch_size == 512 and list(cfg.data.input_size) == [256, 192]
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.data._target_.endswith("PoseDataModule")
+
+
+@pytest.mark.parametrize(
+    "launcher,target",
+    [
+        ("basic", "BasicLauncher"),
+        ("joblib", "JoblibLauncher"),
+        ("local_gpus", "JoblibLauncher"),
+        ("submitit_local", "LocalLauncher"),
+        ("submitit_slurm", "SlurmLauncher"),
+    ],
+)
+def test_every_launcher_composes(launcher, target):
+    assert {p.stem for p in (CONF_DIR / "launcher").glob("*.yaml")} >= {launcher}
+    cfg = _compose(f"launcher={launcher}")
+    assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def test_local_gpus_runs_one_child_per_gpu():
+    cfg = _compose("launcher=local_gpus", "gpus=4")
+    assert cfg.hydra.launcher.n_jobs == 4 and cfg.hydra.sweeper.gpus == 4 and cfg.hydra.sweeper.max_batch_size == 4
+
+
+def test_job_overrides_name_the_individual_and_parse_back(tmp_path):
+    evolution = Evolution(tmp_path / "sweep it's", _settings(_compose()))
+    evolution.next_generation()
+    evolution.record(0, {"params": 5, "params_trainable": 4, "flops": 1, "val_loss": 1.0, "fitness": 1.0,
+                         "checkpoint": str(tmp_path / "sweep it's/individuals/0000/best.ckpt"), "wall_time": 1.0,
+                         "transfer": None})  # fmt: skip
+    evolution.select(0)
+    evolution.next_generation()
+    job = next(evolution.jobs(1))
+    sweeper = EvolutionSweeper(gpus=2)
+    overrides = sweeper._overrides(["seed=1"], job, slot=1)
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+    assert parsed["individual.genotype"] == job.individual.genotype and parsed["individual.parent"] == 0
+    assert parsed["individual.parent_checkpoint"] == str(tmp_path / "sweep it's/individuals/0000/best.ckpt")
+    assert parsed["trainer.max_epochs"] == 2 and parsed["seed"] == 1
+    assert parsed["trainer.devices"] == [1] and parsed["trainer.accelerator"] == "gpu"
+    assert "trainer.devices" not in " ".join(EvolutionSweeper()._overrides([], job, slot=1))
