@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ os.environ.setdefault("EVOPOSE_ROOT", str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 import hydra  # noqa: E402
+import torch  # noqa: E402
 from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -29,6 +31,28 @@ from callbacks import WeightTransfer  # noqa: E402
 from evopose_pl.evolution import RESULT_FILE, fitness, write_json_atomic  # noqa: E402
 from evopose_pl.nets import count_flops, count_parameters  # noqa: E402
 from train import build  # noqa: E402
+
+CHILD_DIR_ENV = "EVOPOSE_CHILD_DIR"
+
+
+def ddp_rank_argv(argv: list[str]) -> list[str]:
+    """The command line of another rank of a multi-device child (``trainer=ddp``).
+
+    Lightning starts ranks 1..N-1 by re-running this script with the driver's command line,
+    which would start a second search. Such a process (``LOCAL_RANK`` > 0, with the child's
+    directory inherited from rank 0) instead runs the child's own composed config, in run mode.
+    """
+    child_dir = os.environ.get(CHILD_DIR_ENV)
+    if not child_dir or int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        return argv
+    return [
+        argv[0],
+        f"--config-path={Path(child_dir) / '.hydra'}",
+        "--config-name=config",
+        f"hydra.run.dir={child_dir}",
+        "hydra.output_subdir=null",
+        f"hydra.job.name=rank_{os.environ['LOCAL_RANK']}",
+    ]
 
 
 def train_individual(cfg: DictConfig) -> dict:
@@ -42,8 +66,18 @@ def train_individual(cfg: DictConfig) -> dict:
             "evolve.py trains the individuals of a search: run it in multirun mode (the default, hydra.mode=MULTIRUN)"
         )
     start = time.perf_counter()
+    os.environ[CHILD_DIR_ENV] = str(cfg.paths.output_dir)  # for the other ranks of a multi-device child
     session = build(cfg)
-    session.trainer.fit(session.module, session.datamodule)
+    environment = os.environ.copy()
+    try:
+        session.trainer.fit(session.module, session.datamodule)
+    finally:
+        # A multi-device fit leaves its process group and rank variables behind; the next child in
+        # this process (the basic launcher) must start its own.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environment)
     val_loss = session.module.best_val_loss
     if not math.isfinite(val_loss):
         raise FloatingPointError(f"best validation loss is {val_loss}")
@@ -62,6 +96,8 @@ def train_individual(cfg: DictConfig) -> dict:
         "wall_time": time.perf_counter() - start,
         "transfer": transfer.summary() if transfer is not None else None,
     }
+    if not session.trainer.is_global_zero:
+        return record
     for logger in session.loggers:
         logger.log_hyperparams({"individual": {k: record[k] for k in ("params", "params_trainable", "flops")}})
         logger.log_metrics({"fitness": record["fitness"], "val/loss_best": val_loss}, step=session.trainer.global_step)
@@ -77,4 +113,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    sys.argv = ddp_rank_argv(sys.argv)
     main()

@@ -88,7 +88,7 @@ def _completed(state: SearchState) -> list[Individual]:
 
 
 def write_csv(state: SearchState, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -197,8 +197,13 @@ def write_report(sweep_dir: str | os.PathLike, state: SearchState | None = None)
     ]
 
 
+def _temporary(path: Path) -> Path:
+    """A sibling name for writing then renaming; keeps the suffix (matplotlib reads the format from it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+
+
 def _atomic_plot(plot, state: SearchState, path: Path) -> Path:
-    tmp = path.with_name(f".tmp.{path.name}")
+    tmp = _temporary(path)
     plot(state, tmp)
     os.replace(tmp, path)
     return path

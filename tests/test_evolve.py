@@ -203,6 +203,24 @@ def test_no_weight_transfer_and_offline_wandb(tmp_path):
         assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     search_runs = list((sweep / "wandb").glob("offline-run-*"))
     assert len(search_runs) == 1 and "wandb sync" in output
+    tables = sorted((search_runs[0] / "files/media/table/search").glob("individuals_*.table.json"))
+    assert len(tables) == 2  # one per generation
+    last = json.loads(max(tables, key=lambda p: int(p.name.split("_")[1])).read_text())
+    assert len(last["data"]) == 3 and {"genotype", "params", "val_loss", "fitness"} <= set(last["columns"])
+
+
+def test_multi_device_children_run_their_other_ranks(tmp_path):
+    """trainer=ddp: Lightning re-runs the script for rank 1, which must train the child, not start a search."""
+    sweep = tmp_path / "ddp"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+           "trainer.sync_batchnorm=false"]  # fmt: skip
+    output = _ok(evolve(sweep, "generations=1", "population=2", "parents=1", *ddp))
+    state = load_state(sweep)
+    assert all(i.status == COMPLETED for i in state.individuals) and len(state.individuals) == 3
+    assert output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 3 and output.count("Starting the search") == 1
+    assert "global batch 16" in output  # 2 ranks x 8
+    for ind in state.individuals:
+        assert (sweep / ind.directory / "rank_1.log").exists()
 
 
 def test_submitit_local_runs_a_generation(tmp_path):
