@@ -30,7 +30,7 @@ from omegaconf import DictConfig  # noqa: E402
 from callbacks import WeightTransfer  # noqa: E402
 from evopose_pl.evolution import RESULT_FILE, fitness, write_json_atomic  # noqa: E402
 from evopose_pl.nets import count_flops, count_parameters  # noqa: E402
-from train import build  # noqa: E402
+from train import Session, build  # noqa: E402
 
 CHILD_DIR_ENV = "EVOPOSE_CHILD_DIR"
 
@@ -60,8 +60,7 @@ def train_individual(cfg: DictConfig) -> dict:
 
     Raises when training fails or the loss is not finite: the sweeper records the failure.
     """
-    individual = cfg.individual
-    if individual.genotype is None:
+    if cfg.individual.genotype is None:
         raise ValueError(
             "evolve.py trains the individuals of a search: run it in multirun mode (the default, hydra.mode=MULTIRUN)"
         )
@@ -71,13 +70,22 @@ def train_individual(cfg: DictConfig) -> dict:
     environment = os.environ.copy()
     try:
         session.trainer.fit(session.module, session.datamodule)
+        return _measure(cfg, session, time.perf_counter() - start)
     finally:
         # A multi-device fit leaves its process group and rank variables behind; the next child in
-        # this process (the basic launcher) must start its own.
+        # this process (the basic launcher) must start its own, and its own W&B run.
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         os.environ.clear()
         os.environ.update(environment)
+        if session.trainer.is_global_zero:
+            for logger in session.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
+
+
+def _measure(cfg: DictConfig, session: Session, fit_time: float) -> dict:
+    """The child's record: size, best validation loss, fitness; logged, and saved by rank 0."""
     val_loss = session.module.best_val_loss
     if not math.isfinite(val_loss):
         raise FloatingPointError(f"best validation loss is {val_loss}")
@@ -85,25 +93,24 @@ def train_individual(cfg: DictConfig) -> dict:
     params = count_parameters(net)
     transfer = next((c.report for c in session.callbacks if isinstance(c, WeightTransfer)), None)
     record = {
-        "id": individual.id,
-        "genotype": individual.genotype,
+        "id": cfg.individual.id,
+        "genotype": cfg.individual.genotype,
         "params": params.with_bn_stats,
         "params_trainable": params.trainable,
         "flops": count_flops(net, session.module.input_size),
         "val_loss": val_loss,
         "fitness": fitness(val_loss, params.with_bn_stats, cfg.target_params, cfg.gamma),
         "checkpoint": session.best_checkpoint,
-        "wall_time": time.perf_counter() - start,
+        "wall_time": fit_time,
         "transfer": transfer.summary() if transfer is not None else None,
     }
-    if not session.trainer.is_global_zero:
-        return record
-    for logger in session.loggers:
-        logger.log_hyperparams({"individual": {k: record[k] for k in ("params", "params_trainable", "flops")}})
-        logger.log_metrics({"fitness": record["fitness"], "val/loss_best": val_loss}, step=session.trainer.global_step)
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # the next child (the basic launcher runs them in this process) opens its own
-    write_json_atomic(Path(cfg.paths.output_dir) / RESULT_FILE, record)
+    if session.trainer.is_global_zero:
+        for logger in session.loggers:
+            logger.log_hyperparams({"individual": {k: record[k] for k in ("params", "params_trainable", "flops")}})
+            logger.log_metrics(
+                {"fitness": record["fitness"], "val/loss_best": val_loss}, step=session.trainer.global_step
+            )
+        write_json_atomic(Path(cfg.paths.output_dir) / RESULT_FILE, record)
     return record
 
 

@@ -11,6 +11,7 @@ import csv
 import math
 import netrc
 import os
+import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -233,7 +234,7 @@ class SearchRun:
             dir=str(directory),
             mode="offline" if offline else "online",
             reinit="create_new",
-            id=f"{group}-search".replace("/", "_")[-64:],
+            id=re.sub(r"[^A-Za-z0-9_.-]", "_", f"{group}-search")[-64:],  # the same run when resumed
             resume="allow",
         )
         self.run.define_metric("search/generation")

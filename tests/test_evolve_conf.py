@@ -51,20 +51,19 @@ def test_paper_experiments_compose_at_paper_scale(experiment, population, gamma,
     assert cfg.trainer.precision == "bf16-mixed" and cfg.data._target_.endswith("PoseDataModule")
 
 
-@pytest.mark.parametrize(
-    "launcher,target",
-    [
-        ("basic", "BasicLauncher"),
-        ("joblib", "JoblibLauncher"),
-        ("local_gpus", "JoblibLauncher"),
-        ("submitit_local", "LocalLauncher"),
-        ("submitit_slurm", "SlurmLauncher"),
-    ],
-)
-def test_every_launcher_composes(launcher, target):
-    assert {p.stem for p in (CONF_DIR / "launcher").glob("*.yaml")} >= {launcher}
-    cfg = _compose(f"launcher={launcher}")
-    assert cfg.hydra.launcher._target_.endswith(target)
+LAUNCHERS = {
+    "basic": "BasicLauncher",
+    "joblib": "JoblibLauncher",
+    "local_gpus": "JoblibLauncher",
+    "submitit_local": "LocalLauncher",
+    "submitit_slurm": "SlurmLauncher",
+}
+
+
+def test_every_launcher_composes():
+    assert {p.stem for p in (CONF_DIR / "launcher").glob("*.yaml")} == set(LAUNCHERS)
+    for launcher, target in LAUNCHERS.items():
+        assert _compose(f"launcher={launcher}").hydra.launcher._target_.endswith(target)
 
 
 def test_local_gpus_runs_one_child_per_gpu():
