@@ -80,6 +80,8 @@ def build(cfg: DictConfig) -> Session:
         input_size=datamodule.input_size,
         batch_size=datamodule.batch_size,
         flip_index=info.flip_index,
+        keypoint_names=info.names,
+        skeleton=info.skeleton,
         results_dir=cfg.paths.output_dir,
         **OmegaConf.to_container(cfg.module),
     )

@@ -15,7 +15,7 @@ from torch import nn
 
 from evopose_pl.data.heatmaps import decode_heatmaps, masked_mse, merge_flipped, render_heatmaps, to_image
 from evopose_pl.evaluation import STAT_NAMES, evaluate_coco, rescore, results_records
-from evopose_pl.nets import count_flops, count_parameters
+from evopose_pl.nets import count_flops, count_parameters, describe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,6 +52,9 @@ class PoseModule(pl.LightningModule):
     by a linear warm-up from ``lr`` over ``warmup_epochs``, then a cosine decay to 0 per step.
     ``l2`` is the reference's ``l2 * sum(w^2)`` added to the loss, applied as Adam's
     ``weight_decay = 2 * l2`` (the gradient of ``l2 * w^2`` is ``2 * l2 * w``).
+
+    Checkpoints carry what inference needs without the configs: the network's description
+    (``checkpoint["net"]``), the input size and the keypoint set (names, flip pairs, skeleton).
     """
 
     def __init__(
@@ -68,9 +71,15 @@ class PoseModule(pl.LightningModule):
         flip_test: bool = True,
         score_threshold: float = 0.2,
         results_dir: str | os.PathLike | None = None,
+        keypoint_names: Sequence[str] | None = None,
+        skeleton: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
+        if keypoint_names is not None:
+            self.hparams.keypoint_names = [str(n) for n in keypoint_names]
+        if skeleton is not None:
+            self.hparams.skeleton = [[int(a), int(b)] for a, b in skeleton]
         self.net = net
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.flip_index = [int(i) for i in flip_index]
@@ -134,13 +143,17 @@ class PoseModule(pl.LightningModule):
             self.best_val_loss = min(self.best_val_loss, float(loss))
             self.log("val/loss_best", self.best_val_loss, sync_dist=False)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        images = batch["image"]
+    def keypoints(self, images: torch.Tensor, affine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints in image pixels (N, K, 2) and their scores (N, K) for uint8 crops and their
+        image -> crop affines: the flip test when on, decoding, then the inverse crop."""
         heatmaps = self(images).float()
         if self.hparams.flip_test:
             heatmaps = merge_flipped(heatmaps, self(images.flip(-1)).float(), self.flip_index)
         coords, scores = decode_heatmaps(heatmaps, self.input_size)
-        coords = to_image(coords, batch["affine"].float())
+        return to_image(coords, affine.float()), scores
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        coords, scores = self.keypoints(batch["image"], batch["affine"])
         kp_scores = scores.cpu().numpy()
         box_scores = batch["score"].float().cpu().numpy()
         instance = rescore(box_scores, kp_scores, self.hparams.score_threshold)
@@ -163,6 +176,12 @@ class PoseModule(pl.LightningModule):
         )
         for name in STAT_NAMES:
             self.log(f"test/{name}", self.test_metrics[name], rank_zero_only=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        try:
+            checkpoint["net"] = describe(self.net)
+        except TypeError:  # a network of the user's own: checkpoints hold its weights only
+            pass
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from evopose_pl.nets import MODELS, EvoPoseNet, count_parameters
+from evopose_pl.nets import BASELINES, MODELS, EvoPoseNet, count_parameters
 from evopose_pl.search import CompoundScaling
 
 from .conftest import CONF_DIR
@@ -18,7 +18,7 @@ def _compose(*overrides: str):
 
 
 def test_a_config_for_every_named_model():
-    assert {p.stem for p in (CONF_DIR / "model").glob("*.yaml")} == set(MODELS)
+    assert {p.stem for p in (CONF_DIR / "model").glob("*.yaml")} == set(MODELS) | set(BASELINES)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

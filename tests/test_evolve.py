@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from evopose_pl.evolution import COMPLETED, FAILED, load_state
+from evopose_pl.predict import load_pose_module
 from evopose_pl.report import CSV_FILE, FITNESS_FILE, PARETO_FILE
 
 from .conftest import ROOT
@@ -90,6 +91,8 @@ def test_basic_search_completes_with_a_consistent_state(basic_search):
             assert checkpoints == [] and ind.checkpoint is None
     assert output.count("individual ") >= 9 and output.count(" selected: best fitness") == 3
     assert (sweep / CSV_FILE).read_text().count("\n") == 1 + 9
+    best = next(i for i in state.individuals if i.id == state.parents[0])  # ready for predict and export
+    assert str(load_pose_module(sweep / best.checkpoint).net.genotype) == best.genotype
     for png in (PARETO_FILE, FITNESS_FILE):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

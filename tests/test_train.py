@@ -34,7 +34,8 @@ def _compose(*overrides: str):
     ("trainer", ["default", "cpu", "gpu", "ddp", "tpu"]),
     ("logger", ["csv", "wandb", "tensorboard", "none"]),
     ("data", ["synthetic", "coco"]),
-    ("model", ["ancestor", "evopose2d_xs", "evopose2d_s", "evopose2d_m", "evopose2d_l"]),
+    ("model", ["ancestor", "evopose2d_xs", "evopose2d_s", "evopose2d_m", "evopose2d_l", "simplebaseline_r50",
+               "hrnet_w32", "efficientnet_b0_head"]),
 ])  # fmt: skip
 def test_every_option_of_every_group_composes(group, options):
     assert {p.stem for p in (CONF_DIR / group).glob("*.yaml")} == set(options)

@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -141,33 +142,45 @@ class CocoKeypoints:
 
     def detections(self, detections_file: str | os.PathLike, score_threshold: float = 0.0) -> list[Instance]:
         """Person boxes from a detections JSON (COCO results format), as test instances."""
-        path = Path(detections_file)
-        try:
-            detections = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"detections file {path} does not exist") from None
-        except json.JSONDecodeError as error:
-            raise AnnotationError(f"{path}: not valid JSON ({error})") from error
-        if not isinstance(detections, list):
-            raise AnnotationError(f"{path}: a detections file is a list of {{image_id, bbox, score}}")
         empty = np.zeros((self.num_keypoints, 3), np.float32)
         instances = []
-        for i, det in enumerate(detections):
-            record = f"{path} [{i}]"
-            if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
-                raise AnnotationError(f"{record}: needs image_id, bbox and score")
-            if det.get("category_id", 1) != 1 or det["score"] < score_threshold:
-                continue
-            if det["image_id"] not in self.images:
-                raise AnnotationError(f"{record}: image_id {det['image_id']} is not in {self.annotation_file}")
-            box = tuple(float(v) for v in det["bbox"])
-            if len(box) != 4:
-                raise AnnotationError(f"{record}: 'bbox' must be [x, y, width, height]")
-            if box[2] <= 0 or box[3] <= 0:
-                continue
+        for det in read_detections(detections_file, score_threshold):
+            if det.image_id not in self.images:
+                raise AnnotationError(f"{det.record}: image_id {det.image_id} is not in {self.annotation_file}")
             instances.append(
-                Instance(
-                    int(det["image_id"]), self.image_path(det["image_id"]), box, empty, float(det["score"]), record
-                )
+                Instance(det.image_id, self.image_path(det.image_id), det.box, empty, det.score, det.record)
             )
         return instances
+
+
+class Detection(NamedTuple):
+    image_id: int
+    box: tuple[float, float, float, float]  # x, y, w, h
+    score: float
+    record: str  # file and index, for error messages
+
+
+def read_detections(detections_file: str | os.PathLike, score_threshold: float = 0.0) -> list[Detection]:
+    """Person boxes of a detections JSON (COCO results format: image_id, bbox, score), above the threshold."""
+    path = Path(detections_file)
+    try:
+        detections = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"detections file {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(detections, list):
+        raise AnnotationError(f"{path}: a detections file is a list of {{image_id, bbox, score}}")
+    found = []
+    for i, det in enumerate(detections):
+        record = f"{path} [{i}]"
+        if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
+            raise AnnotationError(f"{record}: needs image_id, bbox and score")
+        if det.get("category_id", 1) != 1 or det["score"] < score_threshold:
+            continue
+        box = tuple(float(v) for v in det["bbox"])
+        if len(box) != 4:
+            raise AnnotationError(f"{record}: 'bbox' must be [x, y, width, height]")
+        if box[2] > 0 and box[3] > 0:
+            found.append(Detection(int(det["image_id"]), box, float(det["score"]), record))
+    return found

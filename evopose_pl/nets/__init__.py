@@ -1,17 +1,26 @@
-"""Pose networks in plain PyTorch (no Lightning): the genotype decoder and its named models."""
+"""Pose networks in plain PyTorch (no Lightning): the genotype decoder, the baselines, named models."""
 
+from evopose_pl.nets.baselines import HRNet, SimpleBaseline
 from evopose_pl.nets.counting import ParameterCount, count_flops, count_parameters
 from evopose_pl.nets.evopose import EvoPoseNet, MBConv, SqueezeExcitation
-from evopose_pl.nets.registry import MODELS, NamedModel, build_model
+from evopose_pl.nets.pretrained import rename_pretrained, seed_from_pretrained
+from evopose_pl.nets.registry import BASELINES, MODELS, NamedModel, build_model, describe, from_description
 
 __all__ = [
+    "BASELINES",
     "MODELS",
     "EvoPoseNet",
+    "HRNet",
     "MBConv",
     "NamedModel",
     "ParameterCount",
+    "SimpleBaseline",
     "SqueezeExcitation",
     "build_model",
     "count_flops",
     "count_parameters",
+    "describe",
+    "from_description",
+    "rename_pretrained",
+    "seed_from_pretrained",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -105,6 +106,8 @@ class EvoPoseNet(nn.Module):
     ``input_size`` (height, width) sets the compound scaling and the drop-connect rate; the
     network is fully convolutional and runs at any size. The heatmaps are the input size
     divided by ``output_stride`` (2 for EvoPose2D-S, 4 for the ancestor and XS).
+    ``top_channels`` adds EfficientNet's last 1x1 convolution (``top``: 1280 channels in B0)
+    between the backbone and the head; EvoPose2D networks have none.
     """
 
     def __init__(
@@ -118,12 +121,26 @@ class EvoPoseNet(nn.Module):
         head_channels: int = 128,
         head_blocks: int = 3,
         se_ratio: float = 0.25,
+        top_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.genotype = Genotype.coerce(genotype)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.num_keypoints = num_keypoints
         self.scaling = scaling or CompoundScaling()
+        # What rebuilds this network (checkpoints store it; see nets.registry.describe)
+        self.config = {
+            "genotype": str(self.genotype),
+            "input_size": list(self.input_size),
+            "num_keypoints": num_keypoints,
+            "scaling": asdict(self.scaling),
+            "drop_connect": drop_connect,
+            "stem_channels": stem_channels,
+            "head_channels": head_channels,
+            "head_blocks": head_blocks,
+            "se_ratio": se_ratio,
+            "top_channels": top_channels,
+        }
         depth, width = self.scaling.coefficients(self.input_size)
         rate = drop_connect_rate(self.input_size) if drop_connect is None else drop_connect
 
@@ -156,6 +173,10 @@ class EvoPoseNet(nn.Module):
         # ``modules`` is the contracted layer name, but nn.Module.modules() is a method, so
         # add_module would refuse it: register the child directly.
         self._modules["modules"] = nn.ModuleList(stages)
+        self.top = None
+        if top_channels:
+            self.top = conv_bn(channels, filters(top_channels), 1)
+            channels = filters(top_channels)
         head = []
         for _ in range(head_blocks):
             out = filters(head_channels)
@@ -212,6 +233,8 @@ class EvoPoseNet(nn.Module):
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
+        if self.top is not None:
+            x = self.top(x)
         return self.final(self.head(x))
 
     def extra_repr(self) -> str:

@@ -1,12 +1,21 @@
-"""The named EvoPose2D models of the paper: a genotype and the input size it is scaled to."""
+"""The named models: EvoPose2D's (a genotype and the input size it is scaled to) and the baselines."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import os
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
+from torch import nn
+
+from evopose_pl.nets.baselines import HRNet, SimpleBaseline
 from evopose_pl.nets.evopose import EvoPoseNet
+from evopose_pl.nets.pretrained import seed_from_pretrained
 from evopose_pl.search import ANCESTOR, EVOPOSE2D_S, EVOPOSE2D_XS, CompoundScaling, Genotype
+
+log = logging.getLogger(__name__)
 
 
 class NamedModel(NamedTuple):
@@ -22,16 +31,67 @@ MODELS: dict[str, NamedModel] = {
     "evopose2d_l": NamedModel(EVOPOSE2D_S, (512, 384)),
 }
 
+# The paper's baselines (SPEC section 9): built as f(num_keypoints=, input_size=, **kwargs).
+BASELINES: dict[str, Callable[..., nn.Module]] = {
+    "simplebaseline_r50": SimpleBaseline,
+    "hrnet_w32": partial(HRNet, width=32),
+    "efficientnet_b0_head": partial(EvoPoseNet, ANCESTOR, top_channels=1280),  # B0's blocks, top conv, our head
+}
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (EvoPoseNet, SimpleBaseline, HRNet)}
+
+
+def describe(net: nn.Module) -> dict:
+    """What rebuilds ``net`` without its config files: its class and constructor arguments (JSON)."""
+    if type(net).__name__ not in ARCHITECTURES:
+        raise TypeError(f"{type(net).__name__} is not one of the architectures {sorted(ARCHITECTURES)}")
+    return {"architecture": type(net).__name__, "config": dict(net.config)}
+
+
+def from_description(description: dict) -> nn.Module:
+    """The network ``describe`` described, freshly initialised."""
+    try:
+        cls = ARCHITECTURES[description["architecture"]]
+        config = dict(description["config"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not a network description ({e!r}): {description!r:.200}") from None
+    if cls is EvoPoseNet and config.get("scaling") is not None:
+        config["scaling"] = CompoundScaling(**config["scaling"])
+    return cls(**config)
+
 
 def build_model(
     name: str,
     num_keypoints: int = 17,
     input_size: Sequence[int] | None = None,
     scaling: CompoundScaling | None = None,
+    pretrained: str | os.PathLike | None = None,
+    pretrained_naming: str = "auto",
+    pretrained_exclude: Sequence[str] = (),
     **kwargs,
-) -> EvoPoseNet:
-    """Decode a named model; ``input_size`` overrides its own (and so its compound scaling)."""
+) -> nn.Module:
+    """Build a named model; ``input_size`` overrides its own (and so an EvoPose2D model's compound scaling).
+
+    ``pretrained`` seeds it from a checkpoint through weight transfer (see ``nets.pretrained``);
+    layers named in ``pretrained_exclude`` (prefixes, e.g. ``final``) keep their initialisation.
+    """
+    net = _build(name, num_keypoints, input_size, scaling, **kwargs)
+    if pretrained is not None:
+        report = seed_from_pretrained(net, pretrained, pretrained_naming, pretrained_exclude)
+        log.info(f"{name}: {report} (pretrained: {os.fspath(pretrained)})")
+    return net
+
+
+def _build(
+    name: str, num_keypoints: int, input_size: Sequence[int] | None, scaling: CompoundScaling | None, **kwargs
+) -> nn.Module:
+    if name in BASELINES:
+        if scaling is not None and name != "efficientnet_b0_head":
+            raise ValueError(f"model {name!r} has no compound scaling; drop model.scaling")
+        extra = {"scaling": scaling} if scaling is not None else {}
+        return BASELINES[name](num_keypoints=num_keypoints, input_size=input_size or (256, 192), **extra, **kwargs)
     if name not in MODELS:
-        raise ValueError(f"unknown model name {name!r}; the named models are {sorted(MODELS)}")
+        raise ValueError(f"unknown model name {name!r}; the named models are {sorted(MODELS) + sorted(BASELINES)}")
     genotype, size = MODELS[name]
     return EvoPoseNet(genotype, input_size or size, num_keypoints, scaling=scaling, **kwargs)

@@ -1,0 +1,80 @@
+"""Export a trained network for use outside PyTorch.
+
+    python -m evopose_pl.export ckpt=best.ckpt format=onnx [output=model.onnx] [opset=17]
+
+The ONNX model takes ``images``: float32 RGB crops (N, 3, H, W) at the checkpoint's input size,
+values 0-255 (the ImageNet normalisation is inside), and returns ``heatmaps`` (N, K, H', W').
+The batch dimension is dynamic. Needs the extra: ``pip install -e ".[onnx]"``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from evopose_pl.module import PoseModule
+from evopose_pl.predict import load_pose_module, parse_overrides
+
+FORMATS = ("onnx",)
+
+
+class _Heatmaps(nn.Module):
+    """The exported graph: normalisation and network, no flip test or decoding."""
+
+    def __init__(self, module: PoseModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images)
+
+
+def export_onnx(module: PoseModule, output: str | os.PathLike, opset: int = 17) -> Path:
+    """Write ``module``'s network as one ONNX file with a dynamic batch dimension."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    height, width = module.input_size
+    example = torch.rand(2, 3, height, width) * 255
+    # The TorchScript exporter: torch.export (dynamo=True) resolves parameters by attribute, and the
+    # decoder's ``modules`` layer name is shadowed by nn.Module.modules(), the method.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        torch.onnx.export(
+            _Heatmaps(module.cpu().eval()),
+            (example,),
+            output,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["heatmaps"],
+            dynamic_axes={"images": {0: "batch"}, "heatmaps": {0: "batch"}},
+        )
+    return output
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    values = parse_overrides(argv, {"ckpt": "", "format": "onnx", "output": "", "opset": 17})
+    if not values.get("ckpt"):
+        raise SystemExit("ckpt= is required (python -m evopose_pl.export --help)")
+    if values.get("format", "onnx") not in FORMATS:
+        raise SystemExit(f"format={values['format']}: supported formats are {', '.join(FORMATS)}")
+    ckpt = Path(str(values["ckpt"]))
+    output = Path(str(values.get("output") or ckpt.with_suffix(".onnx")))
+    module = load_pose_module(ckpt, "cpu", flip_test=False)
+    export_onnx(module, output, int(values.get("opset", 17)))
+    print(f"Wrote {output}: input 'images' (N, 3, {module.input_size[0]}, {module.input_size[1]}) float32 0-255,"
+          f" output 'heatmaps' (N, {module.net.num_keypoints}, ...)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Pose estimation on your images with a trained checkpoint.
+
+    python -m evopose_pl.predict ckpt=best.ckpt images=photos/ [detections=boxes.json] [output=predictions]
+                                 [flip_test=true] [device=cpu|cuda] [score_threshold=0.0] [batch_size=32]
+
+People are cropped from the detections file's boxes (COCO results format; an image's id is its
+file name's number, as in COCO: ``000000397133.jpg`` is 397133), or the whole image is one box.
+Writes ``keypoints_results.json`` (COCO results format) and each image with the skeleton and the
+keypoint scores drawn. The network, its input size and its keypoint set (names, flip pairs,
+skeleton) come from the checkpoint, so COCO, MPII or any COCO-format keypoint set works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from evopose_pl.data.coco import read_detections
+from evopose_pl.data.transforms import box_to_center_scale, crop_matrix, warp
+from evopose_pl.evaluation import rescore, results_records
+from evopose_pl.module import PoseModule
+from evopose_pl.nets import from_description
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+RESULTS_FILE = "keypoints_results.json"
+KEYPOINT_THRESHOLD = 0.2  # drawn (and counted in the instance score) above this heatmap peak / 255
+
+
+def load_pose_module(ckpt: str | os.PathLike, device: str = "cpu", flip_test: bool = True) -> PoseModule:
+    """A PoseModule rebuilt from a checkpoint of train.py or evolve.py alone (no config files)."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt={path}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "net" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"ckpt={path}: not a checkpoint of train.py or evolve.py (it lacks the network description)")
+    net = from_description(checkpoint["net"])
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    hparams.update(flip_test=flip_test, results_dir=None)
+    module = PoseModule(net=net, **hparams)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(device).eval()
+
+
+@dataclass
+class Person:
+    box: tuple[float, float, float, float]
+    box_score: float
+    keypoints: np.ndarray  # (K, 2) image pixels
+    scores: np.ndarray  # (K,)
+    score: float = 0.0  # the instance score (box score x mean confident keypoint score)
+
+
+def find_images(images: str | os.PathLike) -> list[Path]:
+    path = Path(images)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"images={path}: no such file or folder")
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise FileNotFoundError(f"images={path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    return found
+
+
+def image_id(path: Path, index: int) -> int:
+    """COCO's convention: the file name's number; otherwise the image's position in the list."""
+    return int(path.stem) if path.stem.isdigit() else index
+
+
+@torch.no_grad()
+def predict_image(
+    module: PoseModule, image: np.ndarray, boxes: Sequence[tuple[tuple[float, float, float, float], float]],
+    batch_size: int = 32,
+) -> list[Person]:  # fmt: skip
+    """Keypoints of every (box, score) in a BGR image."""
+    size = module.input_size
+    people: list[Person] = []
+    for start in range(0, len(boxes), batch_size):
+        chunk = boxes[start : start + batch_size]
+        crops, affines = [], []
+        for box, _ in chunk:
+            matrix = crop_matrix(*box_to_center_scale(box, size), size)
+            crops.append(cv2.cvtColor(warp(image, matrix, size), cv2.COLOR_BGR2RGB).transpose(2, 0, 1))
+            affines.append(matrix.astype(np.float32))
+        images = torch.from_numpy(np.stack(crops)).to(module.device)
+        coords, scores = module.keypoints(images, torch.from_numpy(np.stack(affines)).to(module.device))
+        coords, scores = coords.cpu().numpy(), scores.cpu().numpy()
+        instance = rescore(np.array([s for _, s in chunk], np.float32), scores, KEYPOINT_THRESHOLD)
+        for (box, box_score), xy, kp, score in zip(chunk, coords, scores, instance):
+            people.append(Person(box, box_score, xy, kp, float(score)))
+    return people
+
+
+def render(image: np.ndarray, people: Sequence[Person], skeleton: Sequence[Sequence[int]]) -> np.ndarray:
+    """The image with each person's box, skeleton, keypoints and keypoint scores."""
+    canvas = image.copy()
+    scale = max(1.0, max(image.shape[:2]) / 640)
+    thick, radius, font = max(1, round(2 * scale)), max(2, round(3 * scale)), 0.35 * scale
+    for n, person in enumerate(people):
+        colour = _colour(n)
+        x, y, w, h = (int(round(v)) for v in person.box)
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, 1)
+        cv2.putText(canvas, f"{person.score:.2f}", (x, max(0, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, font * 1.3, colour, 1)
+        visible = person.scores > KEYPOINT_THRESHOLD
+        points = [tuple(int(round(c)) for c in p) for p in person.keypoints]
+        for a, b in skeleton:
+            if a < len(points) and b < len(points) and visible[a] and visible[b]:
+                cv2.line(canvas, points[a], points[b], colour, thick, cv2.LINE_AA)
+        for point, score, shown in zip(points, person.scores, visible):
+            if shown:
+                cv2.circle(canvas, point, radius, (255, 255, 255), -1, cv2.LINE_AA)
+                cv2.circle(canvas, point, radius, colour, 1, cv2.LINE_AA)
+                cv2.putText(canvas, f"{score:.2f}", (point[0] + radius, point[1] - radius), cv2.FONT_HERSHEY_SIMPLEX,
+                            font, colour, 1, cv2.LINE_AA)  # fmt: skip
+    return canvas
+
+
+def _colour(n: int) -> tuple[int, int, int]:
+    hue = np.uint8([[[(n * 47) % 180, 220, 255]]])
+    return tuple(int(c) for c in cv2.cvtColor(hue, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def run(
+    ckpt: str | os.PathLike,
+    images: str | os.PathLike,
+    detections: str | os.PathLike | None = None,
+    output: str | os.PathLike = "predictions",
+    flip_test: bool = True,
+    device: str | None = None,
+    score_threshold: float = 0.0,
+    batch_size: int = 32,
+) -> Path:
+    """Predict every image; returns the results file."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    module = load_pose_module(ckpt, device, flip_test)
+    paths = find_images(images)
+    ids = {image_id(p, i): p for i, p in enumerate(paths)}
+    boxes: dict[int, list] = {}
+    if detections is not None:
+        for det in read_detections(detections, score_threshold):
+            boxes.setdefault(det.image_id, []).append((det.box, det.score))
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    skeleton = module.hparams.get("skeleton") or []
+    results = []
+    for id_, path in ids.items():
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"images: {path} cannot be decoded")
+        height, width = image.shape[:2]
+        people = predict_image(module, image, boxes.get(id_, []) if detections is not None else
+                               [((0.0, 0.0, float(width), float(height)), 1.0)], batch_size)  # fmt: skip
+        if people:
+            results += results_records(
+                [id_] * len(people),
+                np.stack([p.keypoints for p in people]),
+                np.stack([p.scores for p in people]),
+                np.array([p.score for p in people]),
+            )
+        cv2.imwrite(str(out / f"{path.stem}.jpg"), render(image, people, skeleton))
+        print(f"{path.name}: {len(people)} people")
+    results_file = out / RESULTS_FILE
+    results_file.write_text(json.dumps(results))
+    print(f"{len(results)} people in {len(ids)} images: {results_file} and the drawn images in {out}")
+    return results_file
+
+
+def parse_overrides(argv: Sequence[str], defaults: dict[str, object]) -> dict[str, object]:
+    """``key=value`` arguments (the style of train.py and evolve.py) into typed keyword arguments."""
+    values: dict[str, object] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in defaults:
+            raise SystemExit(f"{arg!r}: expected key=value with key one of {', '.join(defaults)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"{key}={value}: expected true or false")
+            values[key] = value.lower() == "true"
+        elif isinstance(default, (int, float)):
+            try:
+                values[key] = type(default)(value)
+            except ValueError:
+                raise SystemExit(f"{key}={value}: expected a {type(default).__name__}") from None
+        else:
+            values[key] = None if value.lower() == "null" else value
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    defaults = {"ckpt": "", "images": "", "detections": "", "output": "predictions", "flip_test": True,
+                "device": "", "score_threshold": 0.0, "batch_size": 32}  # fmt: skip
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    values = parse_overrides(argv, defaults)
+    for required in ("ckpt", "images"):
+        if not values.get(required):
+            raise SystemExit(f"{required}= is required (python -m evopose_pl.predict --help)")
+    run(**{k: v for k, v in values.items() if v != ""})
+
+
+if __name__ == "__main__":
+    main()
