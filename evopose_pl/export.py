@@ -70,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"format={values['format']}: supported formats are {', '.join(FORMATS)}")
     ckpt = Path(str(values["ckpt"]))
     output = Path(str(values.get("output") or ckpt.with_suffix(".onnx")))
-    module = load_pose_module(ckpt, "cpu", flip_test=False)
+    try:
+        module = load_pose_module(ckpt, "cpu", flip_test=False)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     export_onnx(module, output, int(values.get("opset", 17)))
     print(f"Wrote {output}: input 'images' (N, 3, {module.input_size[0]}, {module.input_size[1]}) float32 0-255,"
           f" output 'heatmaps' (N, {module.net.num_keypoints}, ...)")  # fmt: skip

@@ -207,7 +207,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for required in ("ckpt", "images"):
         if not values.get(required):
             raise SystemExit(f"{required}= is required (python -m evopose_pl.predict --help)")
-    run(**{k: v for k, v in values.items() if v != ""})
+    try:
+        run(**{k: v for k, v in values.items() if v != ""})
+    except (FileNotFoundError, ValueError) as e:  # bad input: the message names it, no traceback
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
