@@ -1,0 +1,134 @@
+"""Model speed: training-step and inference time per batch, variants side by side.
+
+    python bench/model_speed.py                                        # EvoPose2D-S, 256x192, batch 32
+    python bench/model_speed.py --models evopose2d_s evopose2d_xs simplebaseline_r50 \\
+        --sizes 256x192 64x48 --batches 1 32 --variants fp32 channels_last bf16 compile
+
+A training step is what the LightningModule does per batch: normalise uint8 crops, forward,
+Gaussian targets, masked MSE, backward, Adam step. Each variant's time is printed with its ratio
+to fp32 of the same model, size and batch, all measured in one run (this machine is noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evopose_pl.data.heatmaps import masked_mse, render_heatmaps  # noqa: E402
+from evopose_pl.module import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from evopose_pl.nets import build_model, count_parameters  # noqa: E402
+
+VARIANTS = ("fp32", "channels_last", "bf16", "compile")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu},"
+        f" Python {platform.python_version()}"
+    )
+
+
+def _timed(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds per call after ``warmup`` calls."""
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device, warmup: int,
+            repeats: int) -> tuple[float, float]:  # fmt: skip
+    """(training-step seconds, inference seconds) per batch."""
+    net = build_model(name).to(device)
+    fmt = torch.channels_last if variant == "channels_last" else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    model = torch.compile(net) if variant == "compile" else net
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16")
+    mean = 255 * torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = 255 * torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device)
+    keypoints = torch.rand(batch, 17, 3, device=device) * torch.tensor([size[1], size[0], 2.0], device=device)
+    keypoints[..., 2] = keypoints[..., 2].round()
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+    def inputs() -> torch.Tensor:
+        return ((images.float() - mean) / std).contiguous(memory_format=fmt)
+
+    def train_step() -> None:
+        with autocast:
+            heatmaps = model(inputs())
+        target, visible = render_heatmaps(keypoints, size, heatmaps.shape[-2:])
+        loss = masked_mse(heatmaps.float(), target, visible)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    @torch.no_grad()
+    def infer() -> None:
+        with autocast:
+            model(inputs())
+
+    net.train()
+    train = _timed(train_step, device, warmup, repeats)
+    net.eval()
+    inference = _timed(infer, device, warmup, repeats)
+    return train, inference
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["evopose2d_s"])
+    parser.add_argument("--sizes", nargs="+", default=["256x192"], help="HxW")
+    parser.add_argument("--batches", nargs="+", type=int, default=[32])
+    parser.add_argument("--variants", nargs="+", default=["fp32", "channels_last", "bf16"], choices=VARIANTS)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    variants = ["fp32", *[v for v in args.variants if v != "fp32"]]  # the reference for the ratios first
+    print(f"# model speed on {machine()}, device {device}")
+    print("| model | params | input | batch | variant | train step s | ratio | inference s | ratio | train img/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        params = count_parameters(build_model(name)).with_bn_stats
+        for size_text in args.sizes:
+            size = tuple(int(v) for v in size_text.lower().split("x"))
+            for batch in args.batches:
+                reference = None
+                for variant in variants:
+                    train, infer = measure(name, size, batch, variant, device, args.warmup, args.repeats)
+                    reference = reference or (train, infer)
+                    print(
+                        f"| {name} | {params / 1e6:.2f}M | {size_text} | {batch} | {variant} | {train:.3f} |"
+                        f" {reference[0] / train:.2f}x | {infer:.3f} | {reference[1] / infer:.2f}x |"
+                        f" {batch / train:.1f} |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
