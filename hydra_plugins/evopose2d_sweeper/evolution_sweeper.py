@@ -22,7 +22,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from evopose_pl.evolution import Evolution, Individual, Job, SearchStopped, Settings, SettingsError
+from evopose_pl.evolution import COMPLETED, Evolution, Individual, Job, SearchStopped, Settings, SettingsError
 from evopose_pl.report import SearchRun, write_report
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class EvolutionSweeper(Sweeper):
 
     def _log_child(self, ind: Individual, elapsed: float) -> None:
         where = f"individual {ind.id} (generation {ind.generation}, parent {ind.parent}) {ind.genotype}"
-        if ind.status != "completed":
+        if ind.status != COMPLETED:
             log.warning(f"{where}: FAILED after {elapsed:.0f} s: {ind.error}")
             return
         inherited = f", {100 * ind.transfer['transfer/inherited_fraction']:.0f}% inherited" if ind.transfer else ""
