@@ -27,9 +27,8 @@ import torch  # noqa: E402
 from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from callbacks import WeightTransfer  # noqa: E402
+from callbacks import StageTimer, WeightTransfer  # noqa: E402
 from evopose_pl.evolution import RESULT_FILE, fitness, write_json_atomic  # noqa: E402
-from evopose_pl.nets import count_flops, count_parameters  # noqa: E402
 from train import Session, build  # noqa: E402
 
 CHILD_DIR_ENV = "EVOPOSE_CHILD_DIR"
@@ -64,13 +63,15 @@ def train_individual(cfg: DictConfig) -> dict:
         raise ValueError(
             "evolve.py trains the individuals of a search: run it in multirun mode (the default, hydra.mode=MULTIRUN)"
         )
-    start = time.perf_counter()
+    clock = {"started": time.time()}  # wall-clock times, comparable with the driver's
     os.environ[CHILD_DIR_ENV] = str(cfg.paths.output_dir)  # for the other ranks of a multi-device child
     session = build(cfg)
     environment = os.environ.copy()
     try:
+        clock["fit_started"] = time.time()
         session.trainer.fit(session.module, session.datamodule)
-        return _measure(cfg, session, time.perf_counter() - start)
+        clock["fit_ended"] = time.time()
+        return _measure(cfg, session, clock)
     finally:
         # A multi-device fit leaves its process group and rank variables behind; the next child in
         # this process (the basic launcher) must start its own, and its own W&B run.
@@ -84,25 +85,27 @@ def train_individual(cfg: DictConfig) -> dict:
                     logger.experiment.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
 
 
-def _measure(cfg: DictConfig, session: Session, fit_time: float) -> dict:
-    """The child's record: size, best validation loss, fitness; logged, and saved by rank 0."""
+def _measure(cfg: DictConfig, session: Session, clock: dict[str, float]) -> dict:
+    """The child's record: size, best validation loss, fitness, timing; logged, and saved by rank 0."""
     val_loss = session.module.best_val_loss
     if not math.isfinite(val_loss):
         raise FloatingPointError(f"best validation loss is {val_loss}")
-    net = session.module.net
-    params = count_parameters(net)
+    size = session.module.size
     transfer = next((c.report for c in session.callbacks if isinstance(c, WeightTransfer)), None)
+    stages = next((c for c in session.callbacks if isinstance(c, StageTimer)), None)
+    if stages is not None:
+        clock.update(train=stages.train_seconds, val=stages.val_seconds)
+    clock["ended"] = time.time()
     record = {
         "id": cfg.individual.id,
         "genotype": cfg.individual.genotype,
-        "params": params.with_bn_stats,
-        "params_trainable": params.trainable,
-        "flops": count_flops(net, session.module.input_size),
+        **size,
         "val_loss": val_loss,
-        "fitness": fitness(val_loss, params.with_bn_stats, cfg.target_params, cfg.gamma),
+        "fitness": fitness(val_loss, size["params"], cfg.target_params, cfg.gamma),
         "checkpoint": session.best_checkpoint,
-        "wall_time": fit_time,
+        "wall_time": clock["ended"] - clock["started"],
         "transfer": transfer.summary() if transfer is not None else None,
+        "timing": clock,
     }
     if session.trainer.is_global_zero:
         for logger in session.loggers:

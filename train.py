@@ -26,7 +26,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from evopose_pl.evaluation import STAT_NAMES  # noqa: E402
-from evopose_pl.module import PoseModule  # noqa: E402
+from evopose_pl.module import PoseModule, default_precision  # noqa: E402
 from evopose_pl.report import wandb_key_configured  # noqa: E402
 
 
@@ -85,6 +85,9 @@ def build(cfg: DictConfig) -> Session:
         results_dir=cfg.paths.output_dir,
         **OmegaConf.to_container(cfg.module),
     )
+    if cfg.trainer.get("precision") is None:
+        with open_dict(cfg):  # resolved here, so that loggers record the precision used
+            cfg.trainer.precision = default_precision(cfg.trainer.get("accelerator", "auto"), datamodule.input_size)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = build_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

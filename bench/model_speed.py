@@ -12,36 +12,18 @@ to fp32 of the same model, size and batch, all measured in one run (this machine
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import machine
 
 from evopose_pl.data.heatmaps import masked_mse, render_heatmaps  # noqa: E402
 from evopose_pl.module import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from evopose_pl.nets import build_model, count_parameters  # noqa: E402
 
-VARIANTS = ("fp32", "channels_last", "bf16", "compile")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu},"
-        f" Python {platform.python_version()}"
-    )
+OPTIONS = ("channels_last", "bf16", "compile")  # a variant is fp32 or options joined by "+"
 
 
 def _timed(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
@@ -62,11 +44,12 @@ def _timed(step: Callable[[], None], device: torch.device, warmup: int, repeats:
 def measure(name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device, warmup: int,
             repeats: int) -> tuple[float, float]:  # fmt: skip
     """(training-step seconds, inference seconds) per batch."""
+    parts = set(variant.split("+"))
     net = build_model(name).to(device)
-    fmt = torch.channels_last if variant == "channels_last" else torch.contiguous_format
+    fmt = torch.channels_last if "channels_last" in parts else torch.contiguous_format
     net = net.to(memory_format=fmt)
-    model = torch.compile(net) if variant == "compile" else net
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16")
+    model = torch.compile(net) if "compile" in parts else net
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in parts)
     mean = 255 * torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = 255 * torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device)
@@ -103,11 +86,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["evopose2d_s"])
     parser.add_argument("--sizes", nargs="+", default=["256x192"], help="HxW")
     parser.add_argument("--batches", nargs="+", type=int, default=[32])
-    parser.add_argument("--variants", nargs="+", default=["fp32", "channels_last", "bf16"], choices=VARIANTS)
+    parser.add_argument(
+        "--variants", nargs="+", default=["fp32", "channels_last", "bf16", "channels_last+bf16"],
+        help=f"fp32, or any of {', '.join(OPTIONS)} joined by '+'",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    for variant in args.variants:
+        if variant != "fp32" and not set(variant.split("+")) <= set(OPTIONS):
+            parser.error(f"--variants: {variant!r} is not fp32 or a '+'-joined combination of {', '.join(OPTIONS)}")
     device = torch.device(args.device)
     variants = ["fp32", *[v for v in args.variants if v != "fp32"]]  # the reference for the ratios first
     print(f"# model speed on {machine()}, device {device}")

@@ -1,5 +1,6 @@
 """Lightning callbacks that connect the library to training runs."""
 
+from callbacks.stage_timer import StageTimer
 from callbacks.weight_transfer import WeightTransfer
 
-__all__ = ["WeightTransfer"]
+__all__ = ["StageTimer", "WeightTransfer"]

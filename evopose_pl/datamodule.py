@@ -8,9 +8,11 @@ from dataclasses import fields
 from pathlib import Path
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
 
 from evopose_pl.data.coco import KeypointInfo
+from evopose_pl.data.crop_cache import ensure_crop_cache
 from evopose_pl.data.dataset import TopDownDataset
 from evopose_pl.data.synthetic import SyntheticConfig, ensure_synthetic
 from evopose_pl.data.transforms import Augmentation
@@ -19,7 +21,13 @@ from evopose_pl.data.transforms import Augmentation
 class PoseDataModule(pl.LightningDataModule):
     """Top-down COCO-format data: ground-truth boxes for training and validation, a detections
     file (or ground-truth boxes when none is given) for testing. Relative paths are taken
-    relative to ``root``."""
+    relative to ``root``.
+
+    ``crop_cache`` (a folder) serves training and validation from pre-decoded, memory-mapped
+    crops (``evopose_pl.data.crop_cache``), which needs flip-only augmentation: the search-time
+    recipe, where every child of a search reads the same crops. ``pin_memory`` None pins batches
+    when the trainer runs on a GPU.
+    """
 
     def __init__(
         self,
@@ -34,9 +42,10 @@ class PoseDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         augmentation: Augmentation | Mapping | None = None,
         score_threshold: float = 0.0,
-        pin_memory: bool = True,
+        pin_memory: bool | None = None,
         seed: int = 0,
         root: str | os.PathLike | None = None,
+        crop_cache: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
 
@@ -59,20 +68,37 @@ class PoseDataModule(pl.LightningDataModule):
         self.score_threshold = score_threshold
         self.pin_memory = pin_memory
         self.seed = seed
-        self.train_set: TopDownDataset | None = None
-        self.val_set: TopDownDataset | None = None
+        self.crop_cache = None if crop_cache is None else Path(crop_cache)
+        if self.crop_cache is not None and not self.augmentation.flip_only:
+            raise ValueError(
+                "data.crop_cache needs flip-only augmentation (the search-time recipe), but data.augmentation has "
+                f"scale_factor={self.augmentation.scale_factor}, rotation_prob={self.augmentation.rotation_prob}, "
+                f"half_body_prob={self.augmentation.half_body_prob}: set them to 0 or data.crop_cache=null"
+            )
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
         self.test_set: TopDownDataset | None = None
 
-    def _dataset(self, annotations, images, **kwargs) -> TopDownDataset:
-        return TopDownDataset(annotations, images, self.input_size, seed=self.seed, **kwargs)
+    def _dataset(self, annotations, images, cached: bool = False, **kwargs) -> Dataset:
+        dataset = TopDownDataset(annotations, images, self.input_size, seed=self.seed, **kwargs)
+        if not cached or self.crop_cache is None:
+            return dataset
+        cache = ensure_crop_cache(dataset, self.crop_cache, self.num_workers)
+        rank_zero_info(
+            f"Crop cache: {len(cache)} crops of {dataset.annotation_file}, {cache.nbytes / 2**20:.1f} MiB"
+            f" at {cache.root}"
+        )
+        return cache
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
             if self.train_annotations is None:
                 raise ValueError("data.train_annotations is not set: training needs a training split")
-            self.train_set = self._dataset(self.train_annotations, self.train_images, augmentation=self.augmentation)
+            self.train_set = self._dataset(
+                self.train_annotations, self.train_images, cached=True, augmentation=self.augmentation
+            )
         if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._dataset(self.val_annotations, self.val_images)
+            self.val_set = self._dataset(self.val_annotations, self.val_images, cached=True)
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(
                 self.val_annotations, self.val_images, detections=self.test_detections,
@@ -88,14 +114,17 @@ class PoseDataModule(pl.LightningDataModule):
             dataset = self.val_set
         return dataset.coco.keypoint_info
 
-    def _loader(self, dataset: TopDownDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        pin_memory = self.pin_memory
+        if pin_memory is None:
+            pin_memory = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=shuffle and len(dataset) >= batch_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -202,6 +202,7 @@ class Individual:
     checkpoint: str | None = None  # relative to the sweep when inside it; None once deleted
     wall_time: float | None = None
     transfer: dict[str, float] | None = None  # the weight-transfer report; None: trained from scratch
+    timing: dict[str, float] | None = None  # seconds in training and validation, and the child's clock times
     error: str | None = None
 
     @property
@@ -209,8 +210,9 @@ class Individual:
         return (self.fitness if self.status == COMPLETED and self.fitness is not None else math.inf, self.id)
 
 
-# What a child reports: the measured fields of its Individual.
+# What a child reports: the measured fields of its Individual (and, optionally, its timing).
 RESULT_FIELDS = ("params", "params_trainable", "flops", "val_loss", "fitness", "checkpoint", "wall_time", "transfer")
+OPTIONAL_RESULT_FIELDS = ("timing",)
 
 
 @dataclass
@@ -423,7 +425,7 @@ class Evolution:
         missing = [k for k in RESULT_FIELDS if k not in result]
         if missing:
             return self.record_failure(id, f"the child's result lacks {missing}")
-        for key in RESULT_FIELDS:
+        for key in (*RESULT_FIELDS, *(k for k in OPTIONAL_RESULT_FIELDS if k in result)):
             setattr(ind, key, result[key])
         ind.checkpoint = self._relative(ind.checkpoint)
         if ind.fitness is None or not math.isfinite(ind.fitness):

@@ -80,6 +80,9 @@ def test_basic_search_completes_with_a_consistent_state(basic_search):
     for ind in state.individuals:
         assert ind.params > ind.params_trainable > 0 and ind.flops > 0 and ind.wall_time > 0
         assert ind.fitness == pytest.approx(ind.val_loss * (5e6 / ind.params) ** -0.07)
+        t = ind.timing  # what bench/evolution_overhead.py splits the wall time with
+        assert t["started"] < t["fit_started"] < t["fit_ended"] <= t["ended"] and t["train"] > 0 and t["val"] > 0
+        assert t["train"] + t["val"] < t["fit_ended"] - t["fit_started"]
         assert json.loads((sweep / ind.directory / "result.json").read_text())["fitness"] == ind.fitness
         if ind.generation:
             assert ind.parent in previous_parents[ind.generation]
@@ -90,6 +93,7 @@ def test_basic_search_completes_with_a_consistent_state(basic_search):
         else:
             assert checkpoints == [] and ind.checkpoint is None
     assert output.count("individual ") >= 9 and output.count(" selected: best fitness") == 3
+    assert output.count("Crop cache: ") == 2 * 9  # every child trains and validates on the search's cached crops
     assert (sweep / CSV_FILE).read_text().count("\n") == 1 + 9
     best = next(i for i in state.individuals if i.id == state.parents[0])  # ready for predict and export
     assert str(load_pose_module(sweep / best.checkpoint).net.genotype) == best.genotype

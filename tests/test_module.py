@@ -99,3 +99,40 @@ def test_non_finite_loss_fails_loudly(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
     with pytest.raises(FloatingPointError, match="training loss is nan"):
         trainer.fit(module, _batches(8, 8))
+
+
+def test_channels_last_runs_the_same_network_in_nhwc_memory():
+    net = EvoPoseNet(EVOPOSE2D_S, num_keypoints=17).eval()
+    reference = EvoPoseNet(EVOPOSE2D_S, num_keypoints=17).eval()
+    reference.load_state_dict(net.state_dict())
+    module = PoseModule(net, (64, 48), batch_size=8, flip_index=range(17))
+    plain = PoseModule(reference, (64, 48), batch_size=8, flip_index=range(17), channels_last=False)
+    assert module.net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.net.stem.conv.weight.is_contiguous()
+    images = torch.randint(0, 256, (2, 3, 64, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(module(images), plain(images), atol=1e-4, rtol=1e-4)
+    assert module.normalise(images).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_optimiser_steps_every_tensor_at_once_on_the_cpu(tmp_path):
+    module = PoseModule(EvoPoseNet(EVOPOSE2D_S, num_keypoints=17), (64, 48), batch_size=8, flip_index=range(17))
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, _batches(16, 8))
+    assert trainer.optimizers[0].defaults["fused"] is True
+
+
+@pytest.mark.parametrize("accelerator,size,native,expected", [
+    ("cpu", (64, 48), True, "32-true"),        # bf16 autocast costs more than it saves on small inputs
+    ("cpu", (256, 192), True, "bf16-mixed"),
+    ("cpu", (256, 192), False, "32-true"),     # emulated bf16 is slow
+    ("auto", (256, 192), True, "bf16-mixed"),  # no GPU here: auto is the CPU
+    ("tpu", (256, 192), False, "bf16-true"),
+])  # fmt: skip
+def test_default_precision_is_the_fastest_measured(monkeypatch, accelerator, size, native, expected):
+    import evopose_pl.module as module
+
+    monkeypatch.setattr(module.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: native)
+    assert module.default_precision(accelerator, size) == expected

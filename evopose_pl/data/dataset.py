@@ -42,7 +42,9 @@ class TopDownDataset(Dataset):
         )
         info = self.coco.keypoint_info
         self.flip_index, self.upper_body = info.flip_index, info.upper_body
-        self._epoch = 0
+        # Shared memory: persistent loader workers hold copies of the dataset made at their start,
+        # and must still see the epoch the main process sets.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
     def annotation_file(self) -> os.PathLike:
@@ -50,27 +52,42 @@ class TopDownDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed augmentation per epoch, so each epoch sees new draws, reproducibly."""
-        self._epoch = epoch
+        self._epoch.fill_(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The augmentation draws of one sample in the current epoch."""
+        return np.random.default_rng((self.seed, int(self._epoch), index))
+
+    def read_image(self, inst: Instance) -> np.ndarray:
+        """The instance's image, BGR as OpenCV decodes it."""
+        image = cv2.imread(str(inst.image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            state = "does not exist" if not inst.image_path.exists() else "cannot be decoded"
+            raise FileNotFoundError(f"image {inst.image_path} {state} (needed by {inst.record})")
+        return image
 
     def __len__(self) -> int:
         return len(self.instances)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         inst = self.instances[index]
-        image = cv2.imread(str(inst.image_path), cv2.IMREAD_COLOR)
-        if image is None:
-            state = "does not exist" if not inst.image_path.exists() else "cannot be decoded"
-            raise FileNotFoundError(f"image {inst.image_path} {state} (needed by {inst.record})")
-        rng = np.random.default_rng((self.seed, self._epoch, index))
+        image = self.read_image(inst)
         matrix, flipped = sample_matrix(
-            inst.box, inst.keypoints, image.shape[1], self.input_size, self.augmentation, self.upper_body, rng
-        )
-        crop = cv2.cvtColor(warp(image, matrix, self.input_size), cv2.COLOR_BGR2RGB)
+            inst.box, inst.keypoints, image.shape[1], self.input_size, self.augmentation, self.upper_body,
+            self.rng(index),
+        )  # fmt: skip
+        crop = cv2.cvtColor(warp(image, matrix, self.input_size), cv2.COLOR_BGR2RGB).transpose(2, 0, 1)
         keypoints = transform_keypoints(inst.keypoints, matrix, flipped, self.flip_index, self.input_size)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
-            "keypoints": torch.from_numpy(keypoints),
-            "image_id": inst.image_id,
-            "affine": torch.from_numpy(matrix.astype(np.float32)),
-            "score": torch.tensor(inst.score, dtype=torch.float32),
-        }
+        return sample(crop, keypoints, matrix, inst)
+
+
+def sample(crop: np.ndarray, keypoints: np.ndarray, matrix: np.ndarray, inst: Instance) -> dict[str, torch.Tensor]:
+    """One training or test sample: the (3, H, W) uint8 RGB crop, its keypoints, and what maps
+    predictions back to the image."""
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(crop)),
+        "keypoints": torch.from_numpy(keypoints),
+        "image_id": inst.image_id,
+        "affine": torch.from_numpy(matrix.astype(np.float32)),
+        "score": torch.tensor(inst.score, dtype=torch.float32),
+    }

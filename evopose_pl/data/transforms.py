@@ -32,6 +32,14 @@ class Augmentation:
         """Search-time training: horizontal flip only."""
         return cls(scale_factor=0.0, rotation_prob=0.0)
 
+    @property
+    def flip_only(self) -> bool:
+        """Whether a crop depends on nothing but a flip draw (what a crop cache needs)."""
+        return self.scale_factor == 0 and self.rotation_prob == 0 and self.half_body_prob == 0
+
+    def draw_flip(self, rng: np.random.Generator) -> bool:
+        return self.flip_prob > 0 and rng.random() <= self.flip_prob
+
 
 def box_to_center_scale(
     box: Sequence[float], input_size: Sequence[int], padding: float = 1.25
@@ -56,6 +64,12 @@ def crop_matrix(center: Sequence[float], scale: float, input_size: Sequence[int]
 def flip_matrix(image_width: int) -> np.ndarray:
     """Mirror the image: x -> width - 1 - x (the reference's convention)."""
     return np.array([[-1.0, 0.0, image_width - 1.0], [0.0, 1.0, 0.0]])
+
+
+def mirror_crop_matrix(input_width: int) -> np.ndarray:
+    """Mirror a crop: u -> width - u. Composed after an unrotated crop matrix, it equals the crop
+    of the mirrored image (``flip_matrix``) around the mirrored centre: the flipped sample."""
+    return np.array([[-1.0, 0.0, float(input_width)], [0.0, 1.0, 0.0]])
 
 
 def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
@@ -116,8 +130,7 @@ def sample_matrix(
     if aug.rotation_prob > 0 and rng.random() <= aug.rotation_prob:
         r = aug.rotation_factor
         angle = float(np.clip(r * rng.standard_normal(), -2 * r, 2 * r))
-    flip = aug.flip_prob > 0 and rng.random() <= aug.flip_prob
-    if flip:
+    if aug.draw_flip(rng):
         mirror = flip_matrix(image_width)
         center = apply_affine(mirror, np.asarray(center)[None])[0]
         return compose(crop_matrix(center, scale, input_size, angle), mirror), True
@@ -129,15 +142,27 @@ def warp(image: np.ndarray, matrix: np.ndarray, input_size: Sequence[int]) -> np
     return cv2.warpAffine(image, matrix, (int(width), int(height)), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
 
 
+def project_keypoints(keypoints: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Keypoints (K, 3) into input pixels, visibility kept."""
+    out = keypoints.astype(np.float32).copy()
+    out[:, :2] = apply_affine(matrix, keypoints[:, :2].astype(np.float64))
+    return out
+
+
+def mask_outside(keypoints: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
+    """Visibility 0 for keypoints (K, 3, input pixels) outside the crop."""
+    height, width = input_size
+    out = keypoints.copy()
+    inside = (out[:, 0] >= 0) & (out[:, 0] < width) & (out[:, 1] >= 0) & (out[:, 1] < height)
+    out[:, 2] = np.where(inside & (out[:, 2] > 0), out[:, 2], 0)
+    return out
+
+
 def transform_keypoints(
     keypoints: np.ndarray, matrix: np.ndarray, flipped: bool, flip_index: Sequence[int], input_size: Sequence[int]
 ) -> np.ndarray:
     """Keypoints (K, 3) into input pixels; left and right swapped on a flip; visibility 0 outside the crop."""
-    out = keypoints.astype(np.float32).copy()
-    out[:, :2] = apply_affine(matrix, keypoints[:, :2].astype(np.float64))
+    out = project_keypoints(keypoints, matrix)
     if flipped:
         out = out[list(flip_index)]
-    height, width = input_size
-    inside = (out[:, 0] >= 0) & (out[:, 0] < width) & (out[:, 1] >= 0) & (out[:, 1] < height)
-    out[:, 2] = np.where(inside & (out[:, 2] > 0), out[:, 2], 0)
-    return out
+    return mask_outside(out, input_size)
