@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         " waiting for data | precision |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for size_text in args.sizes:
             size = tuple(int(v) for v in size_text.lower().split("x"))
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
                     )
             if cache_dir.exists():
                 size_mib = sum(f.stat().st_size for f in cache_dir.rglob("*.npy")) / 2**20
-                rows.append(f"\ncrop cache at {size_text}: {size_mib:.1f} MiB for train and val\n")
+                notes.append(f"- crop cache at {size_text}: {size_mib:.1f} MiB for train and val")
+        rows += ["", *notes]
         if args.coco_sample is not None:
             rows += ["\nThe loader alone on real COCO images (decoding 640x480 JPEGs):\n", *coco_rows(args)]
     print("\n".join(rows))  # after the runs' own logging

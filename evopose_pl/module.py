@@ -19,9 +19,10 @@ from evopose_pl.nets import count_flops, count_parameters, describe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# On the CPU, bf16 autocast pays off from about this input size on (bench/model_speed.py: EvoPose2D-S
-# trains 1.4x faster with it at 256x192, the ancestor 1.7x slower at 64x48; BENCHMARKS.md).
-BF16_CPU_MIN_PIXELS = 128 * 96
+# On the CPU, bf16 autocast pays off at the paper's 256x192 (bench/model_speed.py, channels_last: EvoPose2D-S
+# trains 1.7x faster with it, the ancestor and XS 1.1x), but costs more than it saves at 128x96 and below
+# (1.2x to 1.5x slower for those three networks; BENCHMARKS.md).
+BF16_CPU_MIN_PIXELS = 256 * 192
 
 
 def cpu_has_native_bf16() -> bool:

@@ -125,6 +125,7 @@ def test_the_optimiser_steps_every_tensor_at_once_on_the_cpu(tmp_path):
 
 @pytest.mark.parametrize("accelerator,size,native,expected", [
     ("cpu", (64, 48), True, "32-true"),        # bf16 autocast costs more than it saves on small inputs
+    ("cpu", (128, 96), True, "32-true"),
     ("cpu", (256, 192), True, "bf16-mixed"),
     ("cpu", (256, 192), False, "32-true"),     # emulated bf16 is slow
     ("auto", (256, 192), True, "bf16-mixed"),  # no GPU here: auto is the CPU
