@@ -14,8 +14,9 @@ everything else is overhead, split into:
   LightningModule, loggers);
 - in-fit, outside the loops: weight transfer, FLOP count, crop cache, loader workers,
   checkpoint saving;
-- child wrap-up: measuring and recording the child;
-- driver, between children: launching, finishing each child's W&B run, state writes,
+- child wrap-up: measuring the child (writing its record comes after its clock stops, so it
+  counts with the driver);
+- driver, between children: launching, writing each child's record, finishing its W&B run, state writes,
   mutation, selection, the table and plots, to the end of the command.
 """
 
