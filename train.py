@@ -25,9 +25,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from evopose_pl.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from evopose_pl.data import AnnotationError  # noqa: E402
 from evopose_pl.evaluation import STAT_NAMES  # noqa: E402
+from evopose_pl.files import FileFormatError  # noqa: E402
 from evopose_pl.module import PoseModule, default_precision  # noqa: E402
 from evopose_pl.report import wandb_key_configured  # noqa: E402
+
+# Errors that name the file or setting at fault: printed as one line rather than a traceback.
+BAD_INPUT = (CheckpointError, AnnotationError, FileFormatError, FileNotFoundError)
 
 
 def build_loggers(cfg: DictConfig | None) -> list[Logger]:
@@ -98,18 +104,20 @@ def build(cfg: DictConfig) -> Session:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and/or test as the config says; return the test metrics and the best validation loss."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:  # refused before anything is built if it would run code (Lightning reads it later)
+        load_checkpoint(ckpt_path, "ckpt_path=")
     session = build(cfg)
     module, trainer = session.module, session.trainer
     metrics: dict[str, float] = {}
-    ckpt_path = cfg.get("ckpt_path")
     if cfg.train:
-        trainer.fit(module, session.datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, session.datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics["val/loss_best"] = module.best_val_loss
         ckpt_path = session.best_checkpoint
     if cfg.test:
         if not cfg.train and not ckpt_path:
             raise ValueError("train=false needs ckpt_path=<checkpoint to test>")
-        trainer.test(module, session.datamodule, ckpt_path=ckpt_path, weights_only=False)
+        trainer.test(module, session.datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update({f"test/{k}": v for k, v in module.test_metrics.items()})
         print_metrics(module.test_metrics, "COCO keypoints")
         print(f"Tested: {ckpt_path or 'the final weights'}")
@@ -120,9 +128,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def bad_input(error: BaseException) -> BaseException | None:
+    """The bad-input error behind ``error``, if any (Hydra's ``instantiate`` wraps what a constructor raises)."""
+    while error is not None and not isinstance(error, BAD_INPUT):
+        error = error.__cause__
+    return error
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except Exception as error:
+        cause = bad_input(error)
+        if cause is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None  # a file or setting at fault: one line, no traceback
     return metrics.get("test/AP", metrics.get("val/loss_best"))
 
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from evopose_pl.checkpoint import CheckpointError, load_checkpoint
 from evopose_pl.data.coco import read_detections
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix, warp
 from evopose_pl.evaluation import rescore, results_records
@@ -37,16 +38,20 @@ KEYPOINT_THRESHOLD = 0.2  # drawn (and counted in the instance score) above this
 def load_pose_module(ckpt: str | os.PathLike, device: str = "cpu", flip_test: bool = True) -> PoseModule:
     """A PoseModule rebuilt from a checkpoint of train.py or evolve.py alone (no config files)."""
     path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt={path}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "net" not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(f"ckpt={path}: not a checkpoint of train.py or evolve.py (it lacks the network description)")
-    net = from_description(checkpoint["net"])
-    hparams = dict(checkpoint.get("hyper_parameters", {}))
-    hparams.update(flip_test=flip_test, results_dir=None)
-    module = PoseModule(net=net, **hparams)
-    module.load_state_dict(checkpoint["state_dict"])
+    checkpoint = load_checkpoint(path, "ckpt=")
+    if not isinstance(checkpoint, dict) or "net" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"ckpt={path}: not a checkpoint of train.py or evolve.py (it lacks the network description)"
+        )
+    try:
+        net = from_description(checkpoint["net"])
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        hparams.update(flip_test=flip_test, results_dir=None)
+        module = PoseModule(net=net, **hparams)
+        module.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as error:  # a foreign or damaged checkpoint
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"ckpt={path}: its network cannot be rebuilt from it ({reason})") from None
     return module.to(device).eval()
 
 

@@ -27,6 +27,8 @@ from enum import Enum
 import torch
 from torch import nn
 
+from evopose_pl.checkpoint import CheckpointError, load_checkpoint
+
 _BLOCK_KEY = re.compile(r"^(modules\.\d+\.blocks\.)(\d+)(\..+)$")
 
 ParentLike = nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike
@@ -97,27 +99,21 @@ class TransferReport:
         )
 
 
-def load_state_dict(source: ParentLike) -> dict[str, torch.Tensor]:
+def load_state_dict(source: ParentLike, name: str = "parent checkpoint") -> dict[str, torch.Tensor]:
     """A plain state dict from a module, a state dict, or a checkpoint file.
 
-    Files are read with ``weights_only=True``; a Lightning checkpoint's ``state_dict`` is
-    taken as it is (prefixes such as ``net.`` are resolved by ``transfer_weights``).
+    Files are read by ``checkpoint.load_checkpoint``, which never runs code a file carries (``name``
+    says what the file is in its errors); a Lightning checkpoint's ``state_dict`` is taken as it is
+    (prefixes such as ``net.`` are resolved by ``transfer_weights``).
     """
     if isinstance(source, nn.Module):
         return source.state_dict()
     if isinstance(source, (str, os.PathLike)):
-        try:
-            loaded = torch.load(source, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"parent checkpoint {os.fspath(source)!r} does not exist") from None
-        except Exception as error:
-            raise ValueError(f"cannot read parent checkpoint {os.fspath(source)!r}: {error}") from error
+        loaded = load_checkpoint(source, name)
         if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-            raise ValueError(
-                f"parent checkpoint {os.fspath(source)!r} holds neither a state dict nor a Lightning checkpoint"
-            )
+            raise CheckpointError(f"{name} {os.fspath(source)}: holds neither a state dict nor a Lightning checkpoint")
         return dict(loaded)
     if isinstance(source, Mapping):
         return dict(source)

@@ -14,19 +14,11 @@ import torch
 from evopose_pl.predict import load_pose_module
 
 from .conftest import ROOT
-from .test_train import TINY
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A real best.ckpt from `python train.py` on the synthetic data (EvoPose2D-XS at 64x48)."""
-    run = tmp_path_factory.mktemp("train")
-    result = subprocess.run(
-        [sys.executable, "train.py", *TINY, "test=false", "logger=none", f"hydra.run.dir={run}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run / "checkpoints" / "best.ckpt"
+@pytest.fixture
+def checkpoint(trained_checkpoint):
+    return trained_checkpoint
 
 
 def test_checkpoint_rebuilds_its_network_and_keypoint_set(checkpoint):
@@ -35,7 +27,7 @@ def test_checkpoint_rebuilds_its_network_and_keypoint_set(checkpoint):
     names = module.hparams.keypoint_names
     assert len(names) == 17 and names[0] == "nose" and module.flip_index[1] == 2
     assert [5, 6] in [list(p) for p in module.hparams.skeleton] or [6, 5] in [list(p) for p in module.hparams.skeleton]
-    saved = torch.load(checkpoint, weights_only=False)["state_dict"]
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert torch.equal(module.net.final.weight, saved["net.final.weight"])
 
 

@@ -14,10 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from .conftest import CONF_DIR, ROOT
-
-SHORT = ["data.num_workers=0", "trainer.max_epochs=1", "model=evopose2d_xs", "data.input_size=[64,48]"]
-TINY = ["data.synthetic.train_images=24", "data.synthetic.val_images=6", *SHORT]
+from .conftest import CONF_DIR, ROOT, SHORT_TRAIN, TINY_TRAIN
 
 
 def _compose(*overrides: str):
@@ -62,7 +59,7 @@ def test_coco_data_paths_resolve_under_root(coco_sample):
     assert dm.test_detections.exists() and dm.keypoint_info.num_keypoints == 17
 
 
-def _train(tmp_path, *overrides: str, base: list[str] = TINY) -> subprocess.CompletedProcess:
+def _train(tmp_path, *overrides: str, base: list[str] = TINY_TRAIN) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_DIR": str(tmp_path), "WANDB_API_KEY": "", "HOME": str(tmp_path)}
     env.pop("WANDB_API_KEY")
     run = subprocess.run(
@@ -94,7 +91,7 @@ def test_command_line_on_the_real_coco_sample(tmp_path, coco_sample):
         "data.train_images=.", "data.val_annotations=test_coco.json", "data.val_images=.",
         "data.test_detections=test_coco_det_AP_H_56.json", "data.score_threshold=0.5", "data.batch_size=4",
         "logger=none",
-        base=SHORT,
+        base=SHORT_TRAIN,
     )  # fmt: skip
     assert re.search(r"COCO AP: \d\.\d{4}", run.stdout)
     results = json.loads(next((tmp_path / "outputs").rglob("keypoints_results.json")).read_text())
@@ -106,8 +103,9 @@ def test_command_line_on_the_real_coco_sample(tmp_path, coco_sample):
 def test_test_only_without_a_checkpoint_is_refused(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}
     run = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *TINY, "train=false", "logger=none",
+        [sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, "train=false", "logger=none",
          f"paths.log_dir={tmp_path}/outputs", f"paths.cache_dir={tmp_path}/cache"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode != 0 and "train=false needs ckpt_path" in run.stderr + run.stdout
+

@@ -125,6 +125,6 @@ def seed_from_pretrained(
     ``exclude`` lists layer-name prefixes (ours) that keep their fresh initialisation, e.g.
     ``["final"]`` to replace the output layer when fine-tuning on another keypoint set.
     """
-    state = rename_pretrained(load_state_dict(weights), naming)
+    state = rename_pretrained(load_state_dict(weights, "model.pretrained="), naming)
     prefixes = tuple(f"{p.rstrip('.')}." for p in exclude)
     return transfer_weights({k: v for k, v in state.items() if not k.startswith(prefixes)}, net)
