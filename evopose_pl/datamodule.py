@@ -79,9 +79,18 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: TopDownDataset | None = None
 
-    def _dataset(self, annotations, images, cached: bool = False, **kwargs) -> Dataset:
-        dataset = TopDownDataset(annotations, images, self.input_size, seed=self.seed, **kwargs)
-        if not cached or self.crop_cache is None:
+    def _dataset(self, split: str, annotations, images, cached: bool = False, **kwargs) -> Dataset:
+        """One split, its kept and skipped instances logged; served from the crop cache when ``cached``.
+
+        A split served from a crop cache reads no image, so its images are checked only when the
+        cache is built from them (``ensure_crop_cache``).
+        """
+        from_cache = cached and self.crop_cache is not None
+        dataset = TopDownDataset(
+            annotations, images, self.input_size, seed=self.seed, check_images=not from_cache, **kwargs
+        )
+        rank_zero_info(f"{split}: {dataset.summary()}")
+        if not from_cache:
             return dataset
         cache = ensure_crop_cache(dataset, self.crop_cache, self.num_workers)
         rank_zero_info(
@@ -95,13 +104,13 @@ class PoseDataModule(pl.LightningDataModule):
             if self.train_annotations is None:
                 raise ValueError("data.train_annotations is not set: training needs a training split")
             self.train_set = self._dataset(
-                self.train_annotations, self.train_images, cached=True, augmentation=self.augmentation
+                "train", self.train_annotations, self.train_images, cached=True, augmentation=self.augmentation
             )
         if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._dataset(self.val_annotations, self.val_images, cached=True)
+            self.val_set = self._dataset("val", self.val_annotations, self.val_images, cached=True)
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(
-                self.val_annotations, self.val_images, detections=self.test_detections,
+                "test", self.val_annotations, self.val_images, detections=self.test_detections,
                 score_threshold=self.score_threshold,
             )  # fmt: skip
 

@@ -89,6 +89,16 @@ def test_built_once_then_reused_and_rebuilt_after_an_interrupted_build(synthetic
     _assert_same_samples(dataset, rebuilt)
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_building_the_cache_leaves_global_random_state_alone(synthetic, tmp_path, num_workers):
+    """A search that builds the cache must train exactly like one that finds it built."""
+    dataset = _dataset(synthetic.val_annotations, synthetic.images("val"))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    ensure_crop_cache(dataset, tmp_path, num_workers)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def _build_in_process(args) -> str:
     annotations, images, cache_dir = args
     cached = ensure_crop_cache(_dataset(annotations, images), cache_dir)

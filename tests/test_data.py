@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
+import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,6 +17,7 @@ from torch.utils.data import default_collate
 from evopose_pl.data import (
     AnnotationError,
     Augmentation,
+    ImageFileError,
     KeypointInfo,
     TopDownDataset,
     decode_heatmaps,
@@ -23,6 +28,7 @@ from evopose_pl.data import (
 )
 from evopose_pl.data.synthetic import COCO_KEYPOINTS
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix
+from evopose_pl.datamodule import PoseDataModule
 from evopose_pl.evaluation import evaluate_coco, rescore, results_records
 
 INPUT = (256, 192)
@@ -226,15 +232,67 @@ def _write(path, data):
     return path
 
 
-def test_missing_image_is_named(coco_sample, tmp_path):
-    ds = TopDownDataset(coco_sample / "test_coco.json", tmp_path, INPUT)
+def _copy_sample(coco_sample, folder):
+    """A writable copy of the COCO sample: its annotations and its four JPEGs."""
+    folder.mkdir()
+    for path in coco_sample.iterdir():
+        shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+def test_missing_image_is_named_when_the_dataset_is_built(coco_sample, tmp_path):
+    images = _copy_sample(coco_sample, tmp_path / "images")
+    (images / "000000040083.jpg").unlink()
     with pytest.raises(FileNotFoundError) as info:
+        TopDownDataset(images / "test_coco.json", images, INPUT)
+    assert f"image {images / '000000040083.jpg'} does not exist (needed by {images / 'test_coco.json'} " in str(
+        info.value
+    )
+    assert "annotations[1] (id 198196) and 1 more" in str(info.value)
+
+
+def test_an_image_that_cannot_be_decoded_is_named(coco_sample, tmp_path):
+    images = _copy_sample(coco_sample, tmp_path / "images")
+    (images / "000000000785.jpg").write_bytes(b"not a jpeg")  # no JPEG magic: OpenCV's decode check names it
+    ds = TopDownDataset(images / "test_coco.json", images, INPUT)
+    with pytest.raises(FileNotFoundError, match=r"000000000785.jpg cannot be decoded \(needed by .*annotations\[0\]"):
         ds[0]
-    assert f"image {ds.instances[0].image_path} does not exist" in str(info.value)
-    assert "annotations[" in str(info.value)
-    (tmp_path / ds.instances[0].image_path.name).write_bytes(b"not a jpeg")
-    with pytest.raises(FileNotFoundError, match="cannot be decoded"):
-        ds[0]
+
+
+def test_a_truncated_jpeg_is_named_before_training(coco_sample, tmp_path):
+    images = _copy_sample(coco_sample, tmp_path / "images")
+    TopDownDataset(images / "test_coco.json", images, INPUT)  # the intact copy is accepted
+    jpeg = images / "000000196141.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    assert cv2.imread(str(jpeg)) is not None  # OpenCV decodes it (partly grey) with only a warning
+    with pytest.raises(ImageFileError) as info:
+        TopDownDataset(images / "test_coco.json", images, INPUT)
+    message = str(info.value)
+    assert f"image {jpeg} is a truncated JPEG" in message
+    assert f"(needed by {images / 'test_coco.json'} annotations[4] (id 460541) and 3 more)" in message
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    return data.tobytes()
+
+
+def test_a_truncated_jpeg_with_an_earlier_end_marker_is_named(coco_sample, tmp_path):
+    """An EXIF-style thumbnail ends with its own FF D9 near the start; cut the main scan after it."""
+    images = _copy_sample(coco_sample, tmp_path / "images")
+    jpeg = images / "000000000785.jpg"
+    whole = jpeg.read_bytes()
+    thumbnail = _jpeg(np.full((8, 8, 3), 128, np.uint8))
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    with_thumbnail = whole[:2] + app1 + whole[2:]
+    jpeg.write_bytes(with_thumbnail + b"\0" * 10_000)  # padding after the end marker (past 4 KiB) is accepted
+    TopDownDataset(images / "test_coco.json", images, INPUT)[0]
+    cut = len(app1) + whole.index(b"\xff\xda") + 20_000  # in the main scan, near enough the start that
+    assert b"\xff\xd9" in with_thumbnail[:cut][-64 * 1024 :]  # the thumbnail's marker is in the tail
+    jpeg.write_bytes(with_thumbnail[:cut])
+    with pytest.raises(ImageFileError, match=rf"image {re.escape(str(jpeg))} is a truncated JPEG"):
+        TopDownDataset(images / "test_coco.json", images, INPUT)
 
 
 @pytest.mark.parametrize(
@@ -245,6 +303,19 @@ def test_missing_image_is_named(coco_sample, tmp_path):
         (lambda d: d["annotations"][0].update(image_id=-5), "image_id -5 is not in 'images'"),
         (lambda d: d["images"][0].pop("file_name"), "images[0] needs id, file_name"),
         (lambda d: d.pop("categories"), "'categories' is missing"),
+        (
+            lambda d: d["annotations"][0]["bbox"].__setitem__(2, -5),
+            "annotations[0] (id 442619): 'bbox' [280.79, 44.73, -5",
+        ),
+        (lambda d: d["annotations"][1]["bbox"].__setitem__(3, math.nan), "annotations[1] (id 198196): 'bbox' [38.08"),
+        (lambda d: d["annotations"][2]["bbox"].__setitem__(0, math.inf), "annotations[2] (id 230195): 'bbox' [inf"),
+        (
+            lambda d: d["annotations"][0]["keypoints"].__setitem__(3, math.nan),
+            "annotations[0] (id 442619): 'keypoints'",
+        ),
+        (lambda d: d["annotations"][3].pop("area"), "annotations[3] (id 1202706) has no 'area'"),
+        (lambda d: d["annotations"][5].update(area="big"), "annotations[5] (id 488308): 'area' is 'big'"),
+        (lambda d: d["annotations"][6].update(area=math.nan), "annotations[6] (id 508900): 'area' is nan"),
     ],
 )
 def test_malformed_annotation_is_named(coco_sample, tmp_path, mutate, message):
@@ -254,6 +325,93 @@ def test_malformed_annotation_is_named(coco_sample, tmp_path, mutate, message):
     with pytest.raises(AnnotationError) as info:
         TopDownDataset(path, coco_sample, INPUT)
     assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_a_missing_area_names_what_needs_it(coco_sample, tmp_path):
+    """COCO evaluation reads every ground-truth area, crowd ones included: refuse it on load, not after training."""
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    data["annotations"][7].update(iscrowd=1)
+    del data["annotations"][7]["area"]
+    path = _write(tmp_path / "no_area.json", data)
+    with pytest.raises(AnnotationError) as info:
+        TopDownDataset(path, coco_sample, INPUT)
+    assert f"{path} annotations[7] (id 1717641) has no 'area'" in str(info.value)
+    assert "pycocotools" in str(info.value) and "crowd" in str(info.value)
+
+
+def test_a_zero_width_box_is_kept_as_the_reference_keeps_it(coco_sample, tmp_path):
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    data["annotations"][0]["bbox"][2] = 0
+    ds = TopDownDataset(_write(tmp_path / "zero.json", data), coco_sample, INPUT)
+    assert len(ds) == 12 and ds.instances[0].box[2] == 0
+
+
+def test_skipped_instances_are_counted_by_reason(coco_sample, tmp_path):
+    ds = TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT)
+    assert ds.coco.skipped == {"no labelled keypoint": 2}
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    data["annotations"][0].update(iscrowd=1)
+    data["annotations"][1].update(area=0)
+    data["annotations"][2]["bbox"][:2] = [5000, 5000]  # outside its image once clipped
+    ds = TopDownDataset(_write(tmp_path / "skips.json", data), coco_sample, INPUT)
+    assert len(ds) == 9
+    assert ds.coco.skipped == {"crowd": 1, "no labelled keypoint": 2, "empty box or area <= 0": 2}
+
+
+def test_no_valid_person_is_named_with_the_counts(coco_sample, tmp_path):
+    data = json.loads((coco_sample / "test_coco.json").read_text())
+    for ann in data["annotations"]:
+        ann["iscrowd"] = 1
+    path = _write(tmp_path / "crowds.json", data)
+    with pytest.raises(AnnotationError) as info:
+        TopDownDataset(path, coco_sample, INPUT)
+    assert f"{path}: no valid person instance (skipped 14 crowd)" in str(info.value)
+
+
+def test_no_detection_above_the_threshold_is_named(coco_sample):
+    detections = coco_sample / "test_coco_det_AP_H_56.json"
+    with pytest.raises(AnnotationError) as info:
+        TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT, detections=detections, score_threshold=1.5)
+    assert f"detections file {detections}: no person detection with score >= 1.5" in str(info.value)
+
+
+def test_the_datamodule_logs_kept_and_skipped_instances_per_split(coco_sample, caplog):
+    logger = logging.getLogger("lightning.pytorch")  # Lightning's logger does not propagate to caplog's
+    logger.addHandler(caplog.handler)
+    try:
+        data = PoseDataModule("test_coco.json", ".", "test_coco.json", ".", "test_coco_det_AP_H_56.json",
+                              score_threshold=0.5, root=coco_sample)  # fmt: skip
+        with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+            data.setup()
+    finally:
+        logger.removeHandler(caplog.handler)
+    annotations, detections = coco_sample / "test_coco.json", coco_sample / "test_coco_det_AP_H_56.json"
+    counts = f"12 person instances of {annotations} (skipped 2 no labelled keypoint)"
+    strict = sum(d["score"] >= 0.5 for d in json.loads(detections.read_text()))
+    assert f"train: {counts}" in caplog.messages and f"val: {counts}" in caplog.messages
+    assert f"test: {strict} person boxes of {detections} with score >= 0.5" in caplog.messages
+
+
+@pytest.mark.parametrize("kind", ["annotations", "detections"])
+@pytest.mark.parametrize("bad", ["binary", "folder"])
+def test_a_file_that_is_not_json_is_named(coco_sample, tmp_path, kind, bad):
+    path = tmp_path / f"{kind}.json"
+    if bad == "binary":
+        shutil.copyfile(coco_sample / "000000000785.jpg", path)  # a JPEG given for a JSON file
+    else:
+        path.mkdir()
+    annotations = path if kind == "annotations" else coco_sample / "test_coco.json"
+    detections = path if kind == "detections" else None
+    role = "annotation file" if kind == "annotations" else "detections file"
+    with pytest.raises(AnnotationError, match=re.escape(f"{role} {path}: ")):
+        TopDownDataset(annotations, coco_sample, INPUT, detections=detections)
+
+
+def test_a_missing_annotation_or_detections_file_is_named(coco_sample, tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"annotation file {re.escape(str(tmp_path))}/a.json does not exist"):
+        TopDownDataset(tmp_path / "a.json", coco_sample, INPUT)
+    with pytest.raises(FileNotFoundError, match=rf"detections file {re.escape(str(tmp_path))}/d.json does not exist"):
+        TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT, detections=tmp_path / "d.json")
 
 
 def test_malformed_detections_are_named(coco_sample, tmp_path):

@@ -1,7 +1,7 @@
 """Data: COCO-format keypoint datasets, top-down crops, heatmap encoding and decoding (no Lightning)."""
 
 from evopose_pl.data.coco import AnnotationError, CocoKeypoints, Instance, KeypointInfo
-from evopose_pl.data.dataset import TopDownDataset
+from evopose_pl.data.dataset import ImageFileError, TopDownDataset
 from evopose_pl.data.heatmaps import decode_heatmaps, masked_mse, merge_flipped, render_heatmaps, to_image
 from evopose_pl.data.transforms import Augmentation
 
@@ -9,6 +9,7 @@ __all__ = [
     "AnnotationError",
     "Augmentation",
     "CocoKeypoints",
+    "ImageFileError",
     "Instance",
     "KeypointInfo",
     "TopDownDataset",

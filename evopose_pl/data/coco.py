@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from evopose_pl.files import FileFormatError, read_json
 
 _LOWER_BODY = {"hip", "knee", "ankle", "pelvis", "foot", "heel", "toe", "hips", "knees", "ankles"}
 _SIDES = {"left": "right", "right": "left", "l": "r", "r": "l"}
@@ -17,6 +20,25 @@ _SIDES = {"left": "right", "right": "left", "l": "r", "r": "l"}
 
 class AnnotationError(ValueError):
     """A malformed annotation or detections file; the message names the file and the record."""
+
+
+#: Why a well-formed annotation is not a training instance, as ``CocoKeypoints.skipped`` counts it.
+SKIP_REASONS = ("crowd", "no labelled keypoint", "empty box or area <= 0")
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_json(path: Path, what: str) -> object:
+    """``read_json`` with this module's errors: a missing file named as ``what``, any other bad file
+    as an ``AnnotationError`` (so callers catching it, or ValueError, see binary data and folders too)."""
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except FileFormatError as error:
+        raise AnnotationError(f"{what} {error}") from error
 
 
 @dataclass(frozen=True)
@@ -68,18 +90,20 @@ class CocoKeypoints:
     """A COCO keypoint annotation file: images, the person category and valid instances.
 
     Valid instances follow the reference pipeline: not crowd, at least one labelled keypoint,
-    and a box that is non-empty once clipped to the image.
+    and a box that is non-empty once clipped to the image. The others are counted by reason in
+    ``skipped``, so a user sees what was left out. Malformed records are refused, not skipped:
+    a missing or non-finite ``area`` (COCO evaluation needs it), a negative or non-finite box, a
+    non-finite keypoint.
     """
 
     def __init__(self, annotation_file: str | os.PathLike, images_dir: str | os.PathLike) -> None:
         self.annotation_file = Path(annotation_file)
         self.images_dir = Path(images_dir)
-        try:
-            data = json.loads(self.annotation_file.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"annotation file {self.annotation_file} does not exist") from None
-        except json.JSONDecodeError as error:
-            raise AnnotationError(f"{self.annotation_file}: not valid JSON ({error})") from error
+        data = _read_json(self.annotation_file, "annotation file")
+        if not isinstance(data, dict):
+            raise AnnotationError(
+                f"{self.annotation_file}: holds a {type(data).__name__}, not a COCO object (images, annotations, ...)"
+            )
         for key in ("images", "annotations", "categories"):
             if not isinstance(data.get(key), list):
                 raise AnnotationError(f"{self.annotation_file}: the COCO field {key!r} is missing or not a list")
@@ -91,6 +115,7 @@ class CocoKeypoints:
                     f"{self.annotation_file}: images[{i}] needs id, file_name, width and height, got {image!r}"
                 )
             self.images[int(image["id"])] = image
+        self.skipped: Counter[str] = Counter()
         self.instances = [
             inst for i, ann in enumerate(data["annotations"]) if (inst := self._instance(i, ann)) is not None
         ]
@@ -98,6 +123,11 @@ class CocoKeypoints:
     @property
     def num_keypoints(self) -> int:
         return self.keypoint_info.num_keypoints
+
+    def skip_summary(self) -> str:
+        """The skipped annotations by reason, for logs and errors: ``skipped 3 crowd, 2 no labelled keypoint``."""
+        counts = [f"{self.skipped[reason]} {reason}" for reason in SKIP_REASONS if self.skipped[reason]]
+        return f"skipped {', '.join(counts)}" if counts else "none skipped"
 
     def image_path(self, image_id: int) -> Path:
         return self.images_dir / self.images[image_id]["file_name"]
@@ -116,7 +146,14 @@ class CocoKeypoints:
         )
         if not isinstance(ann, dict):
             raise AnnotationError(f"{record}: not an object")
+        if not _finite_number(ann.get("area")):
+            found = f": 'area' is {ann['area']!r}" if "area" in ann else " has no 'area'"
+            raise AnnotationError(
+                f"{record}{found}; every annotation needs a finite number 'area': pycocotools' COCO evaluation reads "
+                "it for every ground-truth annotation, crowd ones included (OKS divides by it)"
+            )
         if ann.get("iscrowd", 0):
+            self.skipped["crowd"] += 1
             return None
         keypoints, box = ann.get("keypoints"), ann.get("bbox")
         if not isinstance(keypoints, list) or len(keypoints) != 3 * k:
@@ -131,12 +168,21 @@ class CocoKeypoints:
             x, y, w, h = (float(v) for v in box)
         except (TypeError, ValueError) as error:
             raise AnnotationError(f"{record}: non-numeric keypoints or bbox ({error})") from error
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            raise AnnotationError(f"{record}: 'bbox' {box} holds a number that is not finite")
+        if w < 0 or h < 0:
+            raise AnnotationError(f"{record}: 'bbox' {box} has a negative width or height")
+        if not np.isfinite(kp).all():
+            bad = sorted({int(i) for i in np.nonzero(~np.isfinite(kp))[0]})
+            raise AnnotationError(f"{record}: 'keypoints' holds numbers that are not finite (keypoints {bad})")
         if kp[:, 2].max() <= 0:
+            self.skipped["no labelled keypoint"] += 1
             return None
         width, height = float(image["width"]), float(image["height"])
         x1, y1 = max(0.0, x), max(0.0, y)
         x2, y2 = min(width - 1, x1 + max(0.0, w - 1)), min(height - 1, y1 + max(0.0, h - 1))
-        if ann.get("area", w * h) <= 0 or x2 < x1 or y2 < y1:
+        if ann["area"] <= 0 or x2 < x1 or y2 < y1:
+            self.skipped["empty box or area <= 0"] += 1
             return None
         return Instance(int(image["id"]), self.image_path(image["id"]), (x1, y1, x2 - x1, y2 - y1), kp, 1.0, record)
 
@@ -163,12 +209,7 @@ class Detection(NamedTuple):
 def read_detections(detections_file: str | os.PathLike, score_threshold: float = 0.0) -> list[Detection]:
     """Person boxes of a detections JSON (COCO results format: image_id, bbox, score), above the threshold."""
     path = Path(detections_file)
-    try:
-        detections = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"detections file {path} does not exist") from None
-    except json.JSONDecodeError as error:
-        raise AnnotationError(f"{path}: not valid JSON ({error})") from error
+    detections = _read_json(path, "detections file")
     if not isinstance(detections, list):
         raise AnnotationError(f"{path}: a detections file is a list of {{image_id, bbox, score}}")
     found = []
@@ -176,11 +217,13 @@ def read_detections(detections_file: str | os.PathLike, score_threshold: float =
         record = f"{path} [{i}]"
         if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
             raise AnnotationError(f"{record}: needs image_id, bbox and score")
-        if det.get("category_id", 1) != 1 or det["score"] < score_threshold:
+        if det.get("category_id", 1) != 1:
             continue
-        box = tuple(float(v) for v in det["bbox"])
-        if len(box) != 4:
-            raise AnnotationError(f"{record}: 'bbox' must be [x, y, width, height]")
-        if box[2] > 0 and box[3] > 0:
-            found.append(Detection(int(det["image_id"]), box, float(det["score"]), record))
+        box, score = det["bbox"], det["score"]
+        if not isinstance(box, list) or len(box) != 4 or not all(_finite_number(v) for v in box):
+            raise AnnotationError(f"{record}: 'bbox' must be [x, y, width, height], finite numbers, not {box!r}")
+        if not _finite_number(score):
+            raise AnnotationError(f"{record}: 'score' must be a finite number, not {score!r}")
+        if score >= score_threshold and box[2] > 0 and box[3] > 0:
+            found.append(Detection(int(det["image_id"]), tuple(float(v) for v in box), float(score), record))
     return found

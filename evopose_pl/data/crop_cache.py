@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from evopose_pl.data.coco import CocoKeypoints
-from evopose_pl.data.dataset import TopDownDataset, sample
+from evopose_pl.data.dataset import TopDownDataset, check_image_files, sample
 from evopose_pl.data.transforms import (
     box_to_center_scale,
     compose,
@@ -88,7 +88,9 @@ def _build(dataset: TopDownDataset, root: Path, num_workers: int) -> None:
     arrays = {
         name: np.lib.format.open_memmap(root / f"{name}.npy", "w+", dtypes[name], shapes[name]) for name in _ARRAYS
     }
-    loader = DataLoader(crops, batch_size=64, num_workers=num_workers)
+    # Its own generator: a loader draws its workers' base seed from the global one otherwise, and a search
+    # that builds the cache must train exactly like one that finds it built.
+    loader = DataLoader(crops, batch_size=64, num_workers=num_workers, generator=torch.Generator())
     for index, *values in loader:
         for name, value in zip(_ARRAYS, values):
             arrays[name][index.numpy()] = value.numpy()
@@ -170,8 +172,9 @@ class CachedCrops(Dataset):
 def ensure_crop_cache(dataset: TopDownDataset, cache_dir: str | os.PathLike, num_workers: int = 0) -> CachedCrops:
     """``dataset`` served from its crop cache under ``cache_dir``, built on first use.
 
-    One process builds (the others wait on a lock file); it writes a temporary folder renamed
-    into place when complete, so an interrupted build never leaves a half-written cache.
+    One process builds (the others wait on a lock file); it checks the images first, then writes a
+    temporary folder renamed into place when complete, so an interrupted build never leaves a
+    half-written cache. Building draws nothing from global random state.
     """
     cache_dir = Path(cache_dir)
     root = cache_dir / f"crops-{cache_key(dataset)}"
@@ -182,6 +185,7 @@ def ensure_crop_cache(dataset: TopDownDataset, cache_dir: str | os.PathLike, num
             if not (root / "meta.json").exists():
                 for stale in cache_dir.glob(f"{root.name}.tmp*"):  # left by a build that was killed
                     shutil.rmtree(stale, ignore_errors=True)
+                check_image_files(dataset.instances)  # a missing image or truncated JPEG is named before the build
                 tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
                 _build(dataset, tmp, num_workers)
                 shutil.rmtree(root, ignore_errors=True)  # a folder without meta.json is incomplete
