@@ -11,11 +11,15 @@ parents, the genotype cache, the generator state), rewritten atomically after ev
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import math
 import os
+import socket
 import statistics
-import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,13 +27,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from evopose_pl.files import FileFormatError, read_json, stale_temporaries, write_json_atomic
 from evopose_pl.search import GENOTYPES, Genotype, GenotypeError, SearchExhaustedError, SearchSpace, mutate
 
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"
+LOCK_FILE = "driver.lock"
 STATE_VERSION = 1
 
 PENDING, COMPLETED, FAILED = "pending", "completed", "failed"
+
+log = logging.getLogger(__name__)
 
 
 def fitness(val_loss: float, params: int, target_params: float, gamma: float) -> float:
@@ -37,24 +45,16 @@ def fitness(val_loss: float, params: int, target_params: float, gamma: float) ->
     return float(val_loss) * (float(target_params) / float(params)) ** float(gamma)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON through a temporary file and a rename: a reader (or a crash) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class SettingsError(ValueError):
     """An invalid search setting; the message names the override to fix."""
+
+
+class StateError(ValueError):
+    """A ``state.json`` that is not a state this search wrote; the message names the file and the field."""
+
+
+class SearchLocked(RuntimeError):
+    """Another driver holds the search's directory; the message names the directory and that process."""
 
 
 class SearchStopped(RuntimeError):
@@ -96,6 +96,9 @@ class Settings:
     max_failure_rate: float = 0.25
     keep_checkpoints: bool = False
     search_space: SearchSpace = field(default_factory=SearchSpace)
+    # What a child's fitness means besides the knobs above: the data, network, recipe and precision
+    # settings its job trains with, as ``{"data.input_size": [64, 48], ...}``. Part of the search's identity.
+    training: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def need(ok: bool, override: str, message: str) -> None:
@@ -127,6 +130,11 @@ class Settings:
         )
         need(isinstance(self.weight_transfer, bool), "weight_transfer", "must be true or false")
         need(isinstance(self.keep_checkpoints, bool), "keep_checkpoints", "must be true or false")
+        need(
+            isinstance(self.training, Mapping) and all(isinstance(k, str) for k in self.training),
+            "training",
+            "must map setting names to values",
+        )
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
@@ -161,6 +169,7 @@ class Settings:
                 "stride_modules": list(space.stride_modules),
                 "max_stride2": space.max_stride2,
             },
+            "training": json.loads(json.dumps(dict(self.training))),  # as state.json will read it back
         }
 
 
@@ -174,6 +183,16 @@ def parse_ancestor(value: Any, space: SearchSpace) -> Genotype:
             f"ancestor={value!r}: {e}. Give a named genotype ({', '.join(sorted(GENOTYPES))}) or a genotype"
             " string such as k3r1c2s1-k3r2c3s2-k5r2c5s2-k3r3c10s2-k5r3c14s1-k5r4c24s2-k3r1c40s1"
         ) from None
+
+
+_UNSET = object()
+
+
+def _override_value(value: Any) -> str:
+    """A training setting as it would be written on the command line (``[64,48]``, ``null``, ``0.001``)."""
+    if value is _UNSET:
+        return "(not set)"
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def _is_int(value: Any) -> bool:
@@ -215,6 +234,35 @@ RESULT_FIELDS = ("params", "params_trainable", "flops", "val_loss", "fitness", "
 OPTIONAL_RESULT_FIELDS = ("timing",)
 
 
+def result_problem(result: Any, ind: Individual) -> str | None:
+    """What makes ``result`` unfit to record for ``ind``, or None: it must be this individual's record,
+    with every field present, counts as whole numbers and measurements as finite numbers."""
+    if not isinstance(result, Mapping):
+        return f"not an object but a JSON {type(result).__name__}"
+    if result.get("id") != ind.id or result.get("genotype") != ind.genotype:
+        return (
+            f"it is the record of individual {result.get('id')!r} {result.get('genotype')!r},"
+            f" not of individual {ind.id} {ind.genotype}"
+        )
+    if missing := [k for k in RESULT_FIELDS if k not in result]:
+        return f"it lacks {missing}"
+    for key in ("params", "params_trainable", "flops"):
+        if not _is_int(result[key]) or result[key] < (1 if key == "params" else 0):
+            return f"{key}={result[key]!r} is not a count"
+    for key in ("val_loss", "fitness", "wall_time"):
+        if not _is_number(result[key]):
+            return f"{key}={result[key]!r} is not a finite number"
+    if result["checkpoint"] is not None and not isinstance(result["checkpoint"], str):
+        return f"checkpoint={result['checkpoint']!r} is not a path"
+    for key in ("transfer", "timing"):
+        value = result.get(key)
+        if value is not None and not (
+            isinstance(value, Mapping) and all(isinstance(k, str) and _is_number(v) for k, v in value.items())
+        ):
+            return f"{key}={value!r} is not a table of finite numbers"
+    return None
+
+
 @dataclass
 class SearchState:
     """Everything in ``state.json``."""
@@ -233,29 +281,138 @@ class SearchState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], source: str | os.PathLike = STATE_FILE) -> SearchState:
-        try:
-            if data.get("version") != STATE_VERSION:
-                raise ValueError(f"version {data.get('version')!r}, expected {STATE_VERSION}")
-            values = dict(data)
-            values["individuals"] = [Individual(**ind) for ind in data["individuals"]]
-            return cls(**values)
-        except (TypeError, KeyError, ValueError, AttributeError) as e:
-            raise ValueError(f"{source}: not a search state this version can read ({e})") from None
+    def from_json(cls, data: Any, source: str | os.PathLike = STATE_FILE) -> SearchState:
+        """The state in ``data``, checked: a state that does not hold together raises ``StateError``
+        naming ``source`` and the field, before any of it is used."""
+        if not isinstance(data, Mapping):
+            raise StateError(f"{source}: not a search state (a JSON {type(data).__name__}, not an object)")
+        if data.get("version") != STATE_VERSION:
+            raise StateError(
+                f"{source}: not a search state this version can read (version {data.get('version')!r},"
+                f" expected {STATE_VERSION})"
+            )
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(data) - known):
+            raise StateError(f"{source}: not a search state this version can read (unknown fields {unknown})")
+        if not isinstance(data.get("individuals", []), list):
+            raise StateError(f"{source}: individuals must be a list")
+        individuals = []
+        for i, ind in enumerate(data.get("individuals", [])):
+            try:
+                individuals.append(Individual(**ind))
+            except TypeError as e:
+                raise StateError(f"{source}: individuals[{i}] is not an individual ({e})") from None
+        state = cls(**{**data, "individuals": individuals})
+        state.check(source)
+        return state
+
+    def check(self, source: str | os.PathLike = STATE_FILE) -> None:
+        """Raise ``StateError`` (naming ``source`` and the field) unless the state holds together."""
+
+        def need(ok: bool, where: str, message: str) -> None:
+            if not ok:
+                raise StateError(f"{source}: {where}: {message}")
+
+        need(isinstance(self.settings, dict), "settings", "must be an object")
+        need(_is_int(self.generation) and self.generation >= -1, "generation", f"{self.generation!r} is not >= -1")
+        need(isinstance(self.cache, list) and all(isinstance(g, str) for g in self.cache), "cache",
+             "must be a list of genotype strings")  # fmt: skip
+        need(self.rng is None or isinstance(self.rng, dict), "rng", "must be a generator state or null")
+        need(isinstance(self.history, list) and all(isinstance(h, dict) for h in self.history), "history",
+             "must be a list of generation summaries")  # fmt: skip
+        by_id = {}
+        for i, ind in enumerate(self.individuals):
+            where = f"individuals[{i}]"
+            need(ind.id == i, f"{where}.id", f"{ind.id!r}, but individuals are numbered in order from 0")
+            need(ind.status in (PENDING, COMPLETED, FAILED), f"{where}.status", f"unknown status {ind.status!r}")
+            need(_is_int(ind.generation) and 0 <= ind.generation <= self.generation, f"{where}.generation",
+                 f"{ind.generation!r} is not a planned generation (0..{self.generation})")  # fmt: skip
+            try:
+                Genotype.from_string(ind.genotype)
+            except (GenotypeError, TypeError, AttributeError) as e:
+                need(False, f"{where}.genotype", f"{ind.genotype!r} is not a genotype ({e})")
+            need(ind.parent is None or ind.parent in by_id, f"{where}.parent",
+                 f"{ind.parent!r} is not an earlier individual")  # fmt: skip
+            if ind.status == COMPLETED:
+                for key in ("val_loss", "fitness"):
+                    value = getattr(ind, key)
+                    need(_is_number(value), f"{where}.{key}", f"{value!r}: a completed individual needs a number")
+                need(_is_int(ind.params) and ind.params > 0, f"{where}.params",
+                     f"{ind.params!r}: a completed individual needs its parameter count")  # fmt: skip
+            by_id[ind.id] = ind
+        need(isinstance(self.parents, list), "parents", "must be a list of individual ids")
+        for k, parent in enumerate(self.parents):
+            need(parent in by_id and by_id[parent].status == COMPLETED, f"parents[{k}]",
+                 f"{parent!r} is not a completed individual")  # fmt: skip
 
 
 def load_state(path: str | os.PathLike) -> SearchState:
-    """Read a sweep's ``state.json`` (a sweep directory or the file itself)."""
+    """Read a sweep's ``state.json`` (a sweep directory or the file itself), checked."""
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no search state here (is this a sweep directory of evolve.py?)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except FileFormatError as e:
+        raise StateError(str(e)) from None
     return SearchState.from_json(data, path)
+
+
+class SearchLock:
+    """An exclusive lock on a sweep directory for one driver's lifetime: one driver per search.
+
+    A POSIX record lock on ``driver.lock``. The OS drops it when its holder dies, SIGKILL included,
+    so a lock is never stale, and processes the driver forks (loader workers) do not inherit it.
+    The file says who holds it (pid, host, start time), for the message a second driver gets.
+    """
+
+    _held: set[Path] = set()  # POSIX locks belong to a process: this one must not lock a directory twice
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.path = Path(directory) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> SearchLock:
+        """Take the lock, or raise ``SearchLocked`` at once naming the directory and the holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = self.path.resolve()
+        refusal = (
+            f"{self.path.parent} is the directory of a search that another evolve.py is driving"
+            " ({holder}). One driver per search: wait for it to finish or stop it, then re-run to resume"
+            " (a killed driver's lock is released at once); for another search, choose another search_name"
+        )
+        if key in SearchLock._held:
+            raise SearchLocked(refusal.format(holder="this very process"))
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            holder = self.path.read_text(errors="replace").strip() or "a process starting up"
+            raise SearchLocked(refusal.format(holder=holder)) from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode())
+        self._fd = fd
+        SearchLock._held.add(key)
+        return self
+
+    def release(self) -> None:
+        """Drop the lock (closing the file does); the file stays, holding the last holder's name."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            SearchLock._held.discard(self.path.resolve())
+
+    def __enter__(self) -> SearchLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class Job(NamedTuple):
@@ -284,6 +441,8 @@ class Evolution:
         self.directory = Path(directory)
         self.settings = settings
         self.path = self.directory / STATE_FILE
+        for stale in stale_temporaries(self.path):  # left by a driver killed while it wrote the state
+            stale.unlink(missing_ok=True)
         if self.path.exists():
             self.state = load_state(self.path)
             self._check_identity()
@@ -299,14 +458,26 @@ class Evolution:
         return bool(self.state.individuals)
 
     def _check_identity(self) -> None:
+        """Refuse to resume with any setting that changes what a fitness means, naming it with both values."""
         saved, wanted = self.state.settings, self.settings.identity()
         for key in IDENTITY:
             if saved.get(key) != wanted[key]:
-                raise SettingsError(
-                    f"{key}={wanted[key]!r}, but {self.path} holds a search with {key}={saved.get(key)!r}."
-                    f" To resume it, re-run with {key}={saved.get(key)!r}; for a new search, choose another"
-                    " search_name (or hydra.sweep.dir)"
-                )
+                self._refuse(key, repr(wanted[key]), repr(saved.get(key)))
+        if "training" not in saved:  # a state written before the training settings were part of the identity
+            log.warning(f"{self.path} does not record its training settings: taking this run's as the search's")
+            saved["training"] = wanted["training"]
+            return
+        old, new = saved["training"], wanted["training"]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, _UNSET) != new.get(key, _UNSET):
+                self._refuse(key, _override_value(new.get(key, _UNSET)), _override_value(old.get(key, _UNSET)))
+
+    def _refuse(self, key: str, wanted: str, saved: str) -> None:
+        fix = f"without {key}" if saved == _override_value(_UNSET) else f"with {key}={saved}"
+        raise SettingsError(
+            f"{key}={wanted}, but {self.path} holds a search with {key}={saved}. To resume it, re-run {fix};"
+            " for a new search, choose another search_name (or hydra.sweep.dir)"
+        )
 
     def individual(self, id: int) -> Individual:
         return self._by_id[id]
@@ -331,10 +502,10 @@ class Evolution:
             generation = state.generation  # planned, not yet selected: finish it
             for ind in self.generation_of(generation):
                 if ind.status == FAILED:  # a re-run after a stop retries the failures
-                    ind.status, ind.error, ind.fitness = PENDING, None, None
+                    _retry(ind)
             for ind in self.generation_of(generation):
-                if ind.status == PENDING:
-                    self.adopt_result(ind.id)
+                if ind.status == PENDING and not self.adopt_result(ind.id) and ind.status == FAILED:
+                    _retry(ind)  # its result was rejected (and moved aside): train it again now
             state.stopped = None
             self.save()
             return generation
@@ -387,16 +558,20 @@ class Evolution:
         return children
 
     def adopt_result(self, id: int) -> bool:
-        """Take the result file a child left in its directory (it finished while the driver was gone)."""
+        """Take the result file a child left in its directory (it finished while the driver was gone).
+
+        A file that is not this child's valid record is moved aside and the child recorded as failed,
+        with the file named, so that it is trained again rather than adopted again.
+        """
         ind = self._by_id[id]
         try:
-            data = json.loads((self.directory / ind.directory / RESULT_FILE).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return False  # written atomically, so a broken file is foreign: retrain
-        if data.get("id") != ind.id or data.get("genotype") != ind.genotype:
+            data = read_json(self.directory / ind.directory / RESULT_FILE)
+        except FileNotFoundError:
             return False
-        self.record(id, data)
-        return True
+        except FileFormatError as e:
+            self._reject(ind, str(e))
+            return False
+        return self.record(id, data).status == COMPLETED
 
     def jobs(self, generation: int) -> Iterator[Job]:
         """The children of ``generation`` still to train, with what each one inherits."""
@@ -412,27 +587,39 @@ class Evolution:
     def prepare(self, job: Job) -> Path:
         """The job's directory, cleared of checkpoints an interrupted attempt left behind."""
         directory = self.directory / job.individual.directory
-        for stale in (directory / "checkpoints").glob("*.ckpt"):
+        for stale in [*(directory / "checkpoints").glob("*.ckpt"), *stale_temporaries(directory / RESULT_FILE)]:
             stale.unlink()
         (directory / RESULT_FILE).unlink(missing_ok=True)
         return directory
 
     # -- recording -------------------------------------------------------------------------
 
-    def record(self, id: int, result: Mapping[str, Any]) -> Individual:
-        """A child finished: store its measurements (and save the state)."""
+    def record(self, id: int, result: Any) -> Individual:
+        """A child finished: store its measurements (and save the state). A result that fails
+        ``result_problem`` is rejected: the child is recorded as failed and its result file moved aside."""
         ind = self._by_id[id]
-        missing = [k for k in RESULT_FIELDS if k not in result]
-        if missing:
-            return self.record_failure(id, f"the child's result lacks {missing}")
+        problem = result_problem(result, ind)
+        if problem is not None:
+            return self._reject(ind, f"{self.directory / ind.directory / RESULT_FILE}: {problem}")
         for key in (*RESULT_FIELDS, *(k for k in OPTIONAL_RESULT_FIELDS if k in result)):
             setattr(ind, key, result[key])
         ind.checkpoint = self._relative(ind.checkpoint)
-        if ind.fitness is None or not math.isfinite(ind.fitness):
-            return self.record_failure(id, f"non-finite fitness {ind.fitness} (validation loss {ind.val_loss})")
         ind.status, ind.error = COMPLETED, None
         self.save()
         return ind
+
+    def _reject(self, ind: Individual, reason: str) -> Individual:
+        """Record ``ind`` as failed because of its result; keep the file for inspection under another name."""
+        path = self.directory / ind.directory / RESULT_FILE
+        aside = ""
+        if path.exists():
+            k = 1
+            while (target := path.with_name(f"result.rejected-{k}.json")).exists():
+                k += 1
+            path.rename(target)
+            aside = f"; the file is kept as {target.name}"
+        log.warning(f"individual {ind.id}: result rejected: {reason}{aside}")
+        return self.record_failure(ind.id, f"result rejected: {reason}{aside}")
 
     def record_failure(self, id: int, error: str) -> Individual:
         ind = self._by_id[id]
@@ -513,6 +700,10 @@ class Evolution:
             return None
         p = Path(path)
         return p if p.is_absolute() else (self.directory / p).resolve()
+
+
+def _retry(ind: Individual) -> None:
+    ind.status, ind.error, ind.fitness = PENDING, None, None
 
 
 def _directory(id: int) -> str:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import signal
+import stat
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -14,9 +20,13 @@ from evopose_pl.evolution import (
     PENDING,
     RESULT_FILE,
     Evolution,
+    Individual,
+    SearchLock,
+    SearchLocked,
     SearchStopped,
     Settings,
     SettingsError,
+    StateError,
     fitness,
     load_state,
 )
@@ -207,7 +217,9 @@ def test_results_left_by_children_are_adopted_on_resume(tmp_path):
     foreign = tmp_path / "other" / job.individual.directory / RESULT_FILE
     foreign.parent.mkdir(parents=True)
     foreign.write_text(json.dumps({**_result(job.individual, 77.0), "genotype": str(EVOPOSE2D_S)}))
-    assert not other.adopt_result(0) and other.individual(0).status == PENDING
+    assert not other.adopt_result(0) and other.individual(0).status == FAILED
+    assert f"{foreign}: it is the record of individual 0 '{EVOPOSE2D_S}'" in other.individual(0).error
+    assert not foreign.exists() and foreign.with_name("result.rejected-1.json").exists()  # kept for inspection
 
 
 def test_non_parent_checkpoints_are_deleted_records_kept(tmp_path):
@@ -266,3 +278,178 @@ def test_unreadable_state_is_reported_with_its_path(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"version": 99}))
     with pytest.raises(ValueError, match="state.json: not a search state"):
         load_state(tmp_path)
+
+
+def _bad_results(ind) -> dict[str, bytes]:
+    good = _result(ind, 50.0)
+    return {
+        "binary": os.urandom(256),
+        "truncated": json.dumps(good).encode()[:40],
+        "not-an-object": b"[1, 2, 3]",
+        "nan-fitness": json.dumps({**good, "fitness": float("nan")}).encode(),
+        "infinite-loss": json.dumps({**good, "val_loss": float("inf")}).encode(),
+        "string-params": json.dumps({**good, "params": "many"}).encode(),
+        "boolean-flops": json.dumps({**good, "flops": True}).encode(),
+        "missing-field": json.dumps({k: v for k, v in good.items() if k != "wall_time"}).encode(),
+        "bad-transfer": json.dumps({**good, "transfer": {"transfer/copied": "all"}}).encode(),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_bad_results(Individual(0, 0, str(ANCESTOR), None, "x"))))
+def test_a_bad_result_is_moved_aside_recorded_and_retrained_not_readopted(tmp_path, kind, caplog):
+    evolution = Evolution(tmp_path, _settings())
+    evolution.next_generation()
+    (job,) = evolution.jobs(0)
+    result = tmp_path / job.individual.directory / RESULT_FILE
+    result.parent.mkdir(parents=True)
+    content = _bad_results(job.individual)[kind]
+    result.write_bytes(content)
+    # the launcher lost the child and its result is read from disk: rejected, recorded as failed, the file named
+    assert not evolution.adopt_result(0)
+    ind = evolution.individual(0)
+    assert ind.status == FAILED and str(result) in ind.error and "kept as result.rejected-1.json" in ind.error
+    assert load_state(tmp_path).individuals[0].status == FAILED
+    aside = result.with_name("result.rejected-1.json")
+    assert not result.exists() and aside.read_bytes() == content
+    # the next run trains it again instead of adopting the same file forever
+    resumed = Evolution(tmp_path, _settings())
+    assert resumed.next_generation() == 0 and [j.individual.id for j in resumed.jobs(0)] == [0]
+    resumed.record(0, _result(resumed.individual(0), 60.0))
+    assert resumed.individual(0).status == COMPLETED and resumed.select(0)["best_fitness"] > 0
+
+
+def test_a_bad_result_found_on_resume_is_trained_again_at_once(tmp_path, caplog):
+    evolution = Evolution(tmp_path, _settings())
+    evolution.next_generation()
+    result = tmp_path / evolution.individual(0).directory / RESULT_FILE
+    result.parent.mkdir(parents=True)
+    result.write_text(json.dumps({**_result(evolution.individual(0), 1.0), "val_loss": float("nan")}))
+    resumed = Evolution(tmp_path, _settings())
+    assert resumed.next_generation() == 0
+    assert [j.individual.id for j in resumed.jobs(0)] == [0] and resumed.individual(0).status == PENDING
+    assert f"{result}: val_loss=nan is not a finite number" in caplog.text
+    assert result.with_name("result.rejected-1.json").exists()
+
+
+def _state_with_a_generation(tmp_path) -> dict:
+    evolution = Evolution(tmp_path, _settings(population=2, parents=1))
+    evolution.next_generation()
+    _finish(evolution, 0)
+    evolution.select(0)
+    evolution.next_generation()
+    _finish(evolution, 1)
+    return json.loads((tmp_path / "state.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "corrupt,message",
+    [
+        (lambda s: s.update(parents=[7]), "parents[0]: 7 is not a completed individual"),
+        (lambda s: s["individuals"][1].update(fitness=float("nan")), "individuals[1].fitness: nan: a completed"),
+        (lambda s: s["individuals"][2].update(val_loss="low"), "individuals[2].val_loss: 'low': a completed"),
+        (lambda s: s["individuals"][2].update(id=5), "individuals[2].id: 5, but individuals are numbered"),
+        (lambda s: s["individuals"][1].update(status="done"), "individuals[1].status: unknown status 'done'"),
+        (lambda s: s["individuals"][1].update(parent=9), "individuals[1].parent: 9 is not an earlier individual"),
+        (lambda s: s["individuals"][1].update(genotype="k9"), "individuals[1].genotype: 'k9' is not a genotype"),
+        (lambda s: s["individuals"][1].update(colour="red"), "individuals[1] is not an individual"),
+        (lambda s: s.update(cache="k3r1c2s1"), "cache: must be a list of genotype strings"),
+    ],
+)
+def test_an_inconsistent_state_is_refused_naming_the_field(tmp_path, corrupt, message):
+    state = _state_with_a_generation(tmp_path)
+    corrupt(state)
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(StateError) as info:
+        Evolution(tmp_path, _settings(population=2, parents=1))
+    assert str(info.value).startswith(f"{tmp_path / 'state.json'}: ") and message in str(info.value)
+
+
+@pytest.mark.parametrize("content", [os.urandom(300), b"\x89PNG\r\n\x1a\n", b"[]", b""])
+def test_a_state_file_that_is_not_a_state_names_the_file(tmp_path, content):
+    (tmp_path / "state.json").write_bytes(content)
+    with pytest.raises(StateError, match=re.escape(str(tmp_path / "state.json")) + ": not"):
+        Evolution(tmp_path, _settings())
+
+
+def test_stale_temporary_state_files_are_removed_and_state_files_get_the_usual_mode(tmp_path):
+    stale = [tmp_path / ".state.json.4242-0a1b2c3d.tmp", tmp_path / ".state.json.ab12cd.tmp"]
+    for path in stale:
+        path.write_text('{"half": ')
+    other = tmp_path / "notes.tmp"
+    other.write_text("mine")
+    umask = os.umask(0o022)
+    try:
+        evolution = Evolution(tmp_path, _settings())
+        evolution.next_generation()
+    finally:
+        os.umask(umask)
+    assert not any(p.exists() for p in stale) and other.exists()
+    assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o644  # as open() makes every other output
+    result = tmp_path / evolution.individual(0).directory / RESULT_FILE
+    result.parent.mkdir(parents=True)
+    half = result.with_name(".result.json.99-deadbeef.tmp")
+    half.write_text("{")
+    (job,) = evolution.jobs(0)
+    evolution.prepare(job)
+    assert not half.exists()
+
+
+def test_resume_refuses_changed_training_settings_with_both_values(tmp_path):
+    training = {"data.input_size": [64, 48], "module.lr": 0.001, "trainer.precision": None}
+    evolution = Evolution(tmp_path, _settings(training=training))
+    evolution.next_generation()
+    before = (tmp_path / "state.json").read_bytes()
+    for key, value, shown, saved in [
+        ("data.input_size", [128, 96], "[128,96]", "[64,48]"),
+        ("module.lr", 0.002, "0.002", "0.001"),
+        ("trainer.precision", "bf16-mixed", "bf16-mixed", "null"),
+    ]:
+        with pytest.raises(SettingsError) as info:
+            Evolution(tmp_path, _settings(training={**training, key: value}))
+        assert f"{key}={shown}, but {tmp_path / 'state.json'} holds a search with {key}={saved}" in str(info.value)
+        assert f"re-run with {key}={saved}" in str(info.value)
+    with pytest.raises(SettingsError, match=r"module.l2=1e-05, but .* module.l2=\(not set\).*re-run without module.l2"):
+        Evolution(tmp_path, _settings(training={**training, "module.l2": 1e-5}))
+    assert (tmp_path / "state.json").read_bytes() == before
+    assert Evolution(tmp_path, _settings(training=dict(training))).resumed
+
+
+def test_a_state_from_before_training_settings_takes_this_runs(tmp_path):
+    evolution = Evolution(tmp_path, _settings())
+    evolution.next_generation()
+    state = json.loads((tmp_path / "state.json").read_text())
+    del state["settings"]["training"]
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    resumed = Evolution(tmp_path, _settings(training={"module.lr": 0.001}))
+    resumed.next_generation()
+    assert load_state(tmp_path).settings["training"] == {"module.lr": 0.001}
+    with pytest.raises(SettingsError, match="module.lr=0.01"):
+        Evolution(tmp_path, _settings(training={"module.lr": 0.01}))
+
+
+HOLD_LOCK = """
+import sys, time
+from evopose_pl.evolution import SearchLock
+SearchLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_one_driver_per_search_and_a_killed_drivers_lock_is_free_at_once(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SearchLocked) as info:
+            SearchLock(tmp_path).acquire()
+        assert str(info.value).startswith(f"{tmp_path} is the directory of a search that another evolve.py is driving")
+        assert f"pid {holder.pid} on " in str(info.value)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    finally:
+        holder.kill()
+    with SearchLock(tmp_path) as lock:  # no stale lock after a SIGKILL
+        with pytest.raises(SearchLocked, match="this very process"):
+            SearchLock(tmp_path).acquire()
+        assert f"pid {os.getpid()} on" in lock.path.read_text()
+    SearchLock(tmp_path).acquire().release()  # released on exit

@@ -118,6 +118,72 @@ def test_changed_search_settings_refuse_to_resume(basic_search):
     assert (sweep / "state.json").read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    "override,saved",
+    [
+        ("data.input_size=[32,24]", "data.input_size=[64,48]"),
+        ("module.lr=0.002", "module.lr=0.001"),
+        ("trainer.precision=bf16-mixed", "trainer.precision=null"),
+        ("data.synthetic.train_images=30", "data.synthetic.train_images=24"),
+    ],
+)
+def test_changed_training_settings_refuse_to_resume(basic_search, override, saved):
+    """What a child's fitness means is part of the search: another input size, rate, precision or dataset
+    would mix incomparable fitness values."""
+    sweep, _, _ = basic_search
+    before = (sweep / "state.json").read_bytes()
+    result = evolve(sweep, override)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{override}, but {sweep / 'state.json'} holds a search with {saved}" in result.stderr, result.stderr[-2000:]
+    assert (sweep / "state.json").read_bytes() == before
+
+
+def test_settings_that_change_only_speed_or_bookkeeping_may_change_on_resume(basic_search):
+    sweep, _, _ = basic_search
+    output = _ok(evolve(sweep, "data.pin_memory=false", "module.channels_last=false", "keep_checkpoints=true",
+                        "max_failure_rate=0.5"))  # fmt: skip
+    assert "Resuming the search" in output and "Search finished after generation 2" in output
+
+
+def test_a_second_driver_on_the_same_search_exits_at_once(tmp_path):
+    sweep = tmp_path / "locked"
+    small = ["generations=2", "population=2", "parents=1"]  # 5 networks: long enough to be driving when refused
+    first = subprocess.Popen([sys.executable, "evolve.py", f"hydra.sweep.dir={sweep}", *TINY, *small], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (sweep / "state.json").exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first driver ended before the second started"
+        started = time.monotonic()
+        second = evolve(sweep, *small)
+        assert first.poll() is None, "the first search finished before the second driver was refused"
+        assert second.returncode != 0 and time.monotonic() - started < 60
+        assert f"{sweep} is the directory of a search that another evolve.py is driving (pid {first.pid} on" in (
+            second.stderr
+        ), second.stderr[-3000:]
+        assert "Launching" not in second.stdout + second.stderr and "Traceback" not in second.stderr
+        output, _ = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, output[-3000:]
+    state = load_state(sweep)  # the first driver's search, untouched by the second
+    assert len(state.individuals) == 5 and all(i.status == COMPLETED for i in state.individuals)
+    assert all((sweep / i.checkpoint).exists() for i in state.individuals if i.id in state.parents)
+    assert output.count("Launching 1 jobs locally") == 5
+
+
+def test_a_search_that_builds_the_crop_cache_equals_one_that_reuses_it(tmp_path):
+    """Building the cache must not draw from global random state: the same search, cache built or found."""
+    small = ["generations=1", "population=2", "parents=1", f"data.crop_cache={tmp_path / 'crops'}"]
+    built = tmp_path / "built"
+    assert "Crop cache: " in _ok(evolve(built, *small)) and (tmp_path / "crops").exists()
+    reused = tmp_path / "reused"
+    _ok(evolve(reused, *small))
+    losses = [[i.val_loss for i in load_state(sweep).individuals] for sweep in (built, reused)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=0)
+
+
 def test_resume_after_sigkill_mid_generation_matches_the_uninterrupted_search(basic_search, tmp_path):
     _, uninterrupted, _ = basic_search
     sweep = tmp_path / "killed"
@@ -246,12 +312,14 @@ def test_submitit_local_runs_a_generation(tmp_path):
         ("search_space.max_repeats=0", "search_space: search space max_repeats"),
         ("gamma=-0.07,-0.05", "gamma=-0.07,-0.05: sweeps over values are not part of a search"),
         ("individual.id=3", "individual.id=3: individual.* is set by the search"),
+        ("trainer.max_epochs=7", "trainer.max_epochs=7: the search sets it for each child from epochs="),
     ],
 )
 def test_invalid_overrides_fail_before_anything_is_launched(tmp_path, override, message):
     sweep = tmp_path / "invalid"
     result = evolve(sweep, override)
     assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr  # one line naming the override
     assert not (sweep / "state.json").exists() and not (sweep / "individuals").exists()
 
 

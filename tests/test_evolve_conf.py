@@ -74,9 +74,10 @@ def test_local_gpus_runs_one_child_per_gpu():
 def test_job_overrides_name_the_individual_and_parse_back(tmp_path):
     evolution = Evolution(tmp_path / "sweep it's", _settings(_compose()))
     evolution.next_generation()
-    evolution.record(0, {"params": 5, "params_trainable": 4, "flops": 1, "val_loss": 1.0, "fitness": 1.0,
-                         "checkpoint": str(tmp_path / "sweep it's/individuals/0000/best.ckpt"), "wall_time": 1.0,
-                         "transfer": None})  # fmt: skip
+    evolution.record(0, {"id": 0, "genotype": evolution.individual(0).genotype, "params": 5, "params_trainable": 4,
+                         "flops": 1, "val_loss": 1.0, "fitness": 1.0, "wall_time": 1.0, "transfer": None,
+                         "checkpoint": str(tmp_path / "sweep it's/individuals/0000/best.ckpt")})  # fmt: skip
+    assert evolution.individual(0).status == "completed"
     evolution.select(0)
     evolution.next_generation()
     job = next(evolution.jobs(1))
@@ -88,3 +89,18 @@ def test_job_overrides_name_the_individual_and_parse_back(tmp_path):
     assert parsed["trainer.max_epochs"] == 2 and parsed["seed"] == 1
     assert parsed["trainer.devices"] == [1] and parsed["trainer.accelerator"] == "gpu"
     assert "trainer.devices" not in " ".join(EvolutionSweeper()._overrides([], job, slot=1))
+
+
+def test_the_training_settings_of_a_search_are_what_a_childs_fitness_depends_on():
+    sweeper = EvolutionSweeper()
+    sweeper.config = _compose("module.lr=0.002", "data.num_workers=3")
+    training = sweeper._training()
+    assert training["module.lr"] == 0.002 and training["data.input_size"] == [64, 48]
+    assert training["data.batch_size"] == 32 and training["data.augmentation.flip_prob"] == 0.5
+    assert training["data.synthetic.train_images"] == 500 and training["model.input_size"] == [256, 192]
+    assert training["trainer.precision"] is None and training["trainer.devices"] == 1
+    for speed_or_place in ("data.num_workers", "data.pin_memory", "data.crop_cache", "data.cache_dir",
+                           "module.channels_last", "model.genotype"):  # fmt: skip
+        assert speed_or_place not in training
+    assert all(isinstance(k, str) and not k.startswith(("hydra", "launcher", "logger")) for k in training)
+

@@ -20,12 +20,55 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from evopose_pl.evolution import COMPLETED, Evolution, Individual, Job, SearchStopped, Settings, SettingsError
+from evopose_pl.evolution import (
+    COMPLETED,
+    PENDING,
+    Evolution,
+    Individual,
+    Job,
+    SearchLock,
+    SearchLocked,
+    SearchStopped,
+    Settings,
+    SettingsError,
+    StateError,
+)
 from evopose_pl.report import SearchRun, write_report
 
 log = logging.getLogger(__name__)
+
+# The job settings a child's fitness depends on besides the search's knobs: a resume must use the
+# same (``Settings.training``). Left out are those that change only speed, where files live, or testing.
+TRAINING_SETTINGS = (
+    "data",
+    "model",
+    "module",
+    "trainer.precision",
+    "trainer.accumulate_grad_batches",
+    "trainer.gradient_clip_val",
+    "trainer.gradient_clip_algorithm",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.limit_train_batches",
+    "trainer.limit_val_batches",
+)
+NOT_TRAINING_SETTINGS = (
+    "data.num_workers",
+    "data.pin_memory",
+    "data.crop_cache",
+    "data.cache_dir",
+    "model.genotype",  # each child's own
+    "module.channels_last",
+    "module.flip_test",
+    "module.score_threshold",
+)
+# Overrides the search sets for each child, which the command line may not.
+SET_BY_THE_SEARCH = {
+    "individual.": "individual.* is set by the search for each child",
+    "trainer.max_epochs": "the search sets it for each child from epochs= (and ancestor_epochs= for the ancestor)",
+}
 
 
 @dataclass
@@ -40,6 +83,12 @@ class EvolutionSweeperConf:
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="evolution", node=EvolutionSweeperConf, provider="evopose2d")
+
+
+def _flatten(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for name, item in value.items() for k, v in _flatten(f"{key}.{name}", item).items()}
+    return {key: value}
 
 
 def _quote(value: Any) -> str:
@@ -72,11 +121,20 @@ class EvolutionSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> list[Individual]:
-        arguments = self._check_arguments(arguments)
-        knobs = OmegaConf.masked_copy(self.config, [f.name for f in fields(Settings) if f.name in self.config])
-        settings = Settings.from_config(OmegaConf.to_container(knobs, resolve=True))
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        """Run (or resume) the search, holding its directory's lock throughout; bad settings, a state
+        that does not hold together and a directory another driver holds end the run with one line."""
+        try:
+            arguments = self._check_arguments(arguments)
+            knobs = OmegaConf.masked_copy(self.config, [f.name for f in fields(Settings) if f.name in self.config])
+            values = {**OmegaConf.to_container(knobs, resolve=True), "training": self._training()}
+            settings = Settings.from_config(values)
+            sweep_dir = Path(self.config.hydra.sweep.dir)
+            with SearchLock(sweep_dir):
+                return self._search(arguments, settings, sweep_dir)
+        except (SettingsError, StateError, SearchLocked) as e:
+            raise SystemExit(f"error: {e}") from None
+
+    def _search(self, arguments: list[str], settings: Settings, sweep_dir: Path) -> list[Individual]:
         evolution = Evolution(sweep_dir, settings)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         batch_size = min(self.max_batch_size or settings.population, self.gpus or settings.population)
@@ -124,9 +182,22 @@ class EvolutionSweeper(Sweeper):
                 raise SettingsError(
                     f"{override.input_line}: sweeps over values are not part of a search; run one search per value"
                 )
-            if override.get_key_element().split("@")[0].startswith("individual."):
-                raise SettingsError(f"{override.input_line}: individual.* is set by the search for each child")
+            key = override.get_key_element().split("@")[0].lstrip("+~")
+            for prefix, reason in SET_BY_THE_SEARCH.items():
+                if key.startswith(prefix):
+                    raise SettingsError(f"{override.input_line}: {reason}")
         return list(arguments)
+
+    def _training(self) -> dict[str, Any]:
+        """``TRAINING_SETTINGS`` as the children will see them, flattened to ``{"data.input_size": [64, 48]}``."""
+        flat: dict[str, Any] = {}
+        for key in TRAINING_SETTINGS:
+            value = OmegaConf.select(self.config, key, default=None)
+            if isinstance(value, (DictConfig, ListConfig)):
+                value = OmegaConf.to_container(value, resolve=True)
+            flat.update(_flatten(key, value))
+        excluded = tuple(f"{key}." for key in NOT_TRAINING_SETTINGS)
+        return {k: v for k, v in flat.items() if k not in NOT_TRAINING_SETTINGS and not k.startswith(excluded)}
 
     def _overrides(self, arguments: Sequence[str], job: Job, slot: int) -> list[str]:
         ind = job.individual
@@ -165,7 +236,7 @@ class EvolutionSweeper(Sweeper):
             elif ret is not None:
                 error = ret._return_value  # reading return_value of a failed job re-raises its exception
                 evolution.record_failure(ind.id, f"{type(error).__name__}: {error}")
-            elif not evolution.adopt_result(ind.id):
+            elif not evolution.adopt_result(ind.id) and ind.status == PENDING:  # a rejected result is recorded
                 evolution.record_failure(ind.id, launch_error)
             self._log_child(ind, time.perf_counter() - start)
 
