@@ -10,14 +10,17 @@ trainer, fit, test, and return the metric a sweeper reads.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("EVOPOSE_ROOT", str(Path(__file__).resolve().parent))
 
+import cv2  # noqa: E402
 import hydra  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import Logger, WandbLogger  # noqa: E402
@@ -31,6 +34,8 @@ from evopose_pl.evaluation import STAT_NAMES  # noqa: E402
 from evopose_pl.files import FileFormatError  # noqa: E402
 from evopose_pl.module import PoseModule, default_precision  # noqa: E402
 from evopose_pl.report import wandb_key_configured  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 # Errors that name the file or setting at fault: printed as one line rather than a traceback.
 BAD_INPUT = (CheckpointError, AnnotationError, FileFormatError, FileNotFoundError)
@@ -75,8 +80,27 @@ class Session:
         return checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
 
 
+def share_cores(cfg: DictConfig) -> None:
+    """Use ``cfg.threads`` CPU threads in torch and OpenCV, and at most as many loader workers: a child
+    running beside others keeps to its share of the cores rather than contending for all of them."""
+    threads = cfg.get("threads")
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads={threads!r}: must be a whole number of CPU threads >= 1, or null")
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    workers = cfg.data.get("num_workers", 0)
+    if workers > threads:
+        log.info(f"data.num_workers={workers} exceeds this run's {threads} CPU threads: using {threads} workers")
+        with open_dict(cfg):
+            cfg.data.num_workers = threads
+
+
 def build(cfg: DictConfig) -> Session:
-    """Seed, then instantiate data, network, LightningModule, callbacks, loggers and trainer."""
+    """Take the run's share of the cores, seed, then instantiate data, network, LightningModule,
+    callbacks, loggers and trainer."""
+    share_cores(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     info = datamodule.keypoint_info

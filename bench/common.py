@@ -3,9 +3,13 @@ configs users run, composed as the entry scripts compose them."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -42,3 +46,22 @@ def compose(config_name: str, overrides: list[str], output_dir: str | os.PathLik
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(output_dir)
     return cfg
+
+
+def run_search(overrides: list[str]) -> tuple[str, float, float, list[dict]]:
+    """``python evolve.py <overrides>`` in its own process and a fresh sweep directory, as a user runs it.
+
+    Returns the command as shown (without the sweep directory), its start (wall clock), its seconds,
+    and the individuals of its ``state.json``; exits naming the command when it fails.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep = Path(tmp) / "search"
+        command = [sys.executable, "evolve.py", f"hydra.sweep.dir={sweep}", *overrides]
+        start = time.time()
+        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        total = time.time() - start
+        if run.returncode != 0:
+            sys.exit(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
+        individuals = json.loads((sweep / "state.json").read_text())["individuals"]
+    shown = "python " + " ".join(arg for arg in command[1:] if not arg.startswith("hydra.sweep.dir="))
+    return shown, start, total, individuals

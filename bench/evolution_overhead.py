@@ -23,14 +23,8 @@ everything else is overhead, split into:
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-from common import ROOT, machine
+from common import machine, run_search
 
 
 def breakdown(total: float, start: float, individuals: list[dict]) -> list[tuple[str, float]]:
@@ -54,21 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generations", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="evolve.py overrides, e.g. population=8 epochs=3")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        sweep = Path(tmp) / "search"
-        command = [sys.executable, "evolve.py", f"generations={args.generations}", f"hydra.sweep.dir={sweep}",
-                   *args.overrides]  # fmt: skip
-        start = time.time()
-        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        total = time.time() - start
-        if run.returncode != 0:
-            sys.exit(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
-        individuals = json.loads((sweep / "state.json").read_text())["individuals"]
+    shown, start, total, individuals = run_search([f"generations={args.generations}", *args.overrides])
     parts = breakdown(total, start, individuals)
     overhead = total - parts[0][1]
     print(f"# evolution overhead on {machine()}")
-    shown = " ".join(arg for arg in command[1:] if not arg.startswith("hydra.sweep.dir="))
-    print(f"`python {shown}` (in a fresh sweep directory): {len(individuals)} networks trained in {total:.1f} s\n")
+    print(f"`{shown}` (in a fresh sweep directory): {len(individuals)} networks trained in {total:.1f} s\n")
     print("| component | seconds | share of wall time |")
     print("|---|---|---|")
     for name, seconds in parts:

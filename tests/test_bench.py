@@ -72,3 +72,13 @@ def test_transfer_ablation_trains_the_same_children_both_ways(tmp_path):
                  "epochs=1", f"ancestor={SMALL}", "+model.head_channels=32", *TINY_DATA)  # fmt: skip
     (row,) = _table(out, "k")
     assert float(row[2]) > 0 and float(row[3]) > 0 and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parallel_children_compares_launchers_on_the_same_children():
+    out = _bench("bench/parallel_children.py", "--jobs", "2", "population=2", "epochs=1", "ancestor_epochs=1",
+                 f"ancestor={SMALL}", "+model.head_channels=32", *TINY_DATA)  # fmt: skip
+    rows = [r for r in _table(out, "") if r[0] not in ("variant", "---")]
+    assert [r[0] for r in rows] == ["one after another", "2 at a time, shared cores", "2 at a time, oversubscribed"]
+    for row in rows:
+        assert int(row[2]) == 2 and float(row[3]) > 0 and float(row[4]) > 0 and float(row[5]) > 0
+    assert rows[0][6] == "1.00x"

@@ -141,7 +141,7 @@ def test_changed_training_settings_refuse_to_resume(basic_search, override, save
 def test_settings_that_change_only_speed_or_bookkeeping_may_change_on_resume(basic_search):
     sweep, _, _ = basic_search
     output = _ok(evolve(sweep, "data.pin_memory=false", "module.channels_last=false", "keep_checkpoints=true",
-                        "max_failure_rate=0.5"))  # fmt: skip
+                        "max_failure_rate=0.5", "threads=1"))  # fmt: skip
     assert "Resuming the search" in output and "Search finished after generation 2" in output
 
 
@@ -231,8 +231,12 @@ def test_joblib_search_runs_children_in_parallel_workers(basic_search, tmp_path)
     assert state.parents == [i.id for i in _fitness_order(state.individuals)[:2]]
     # the same seed draws the same children from the same parents
     assert [i.genotype for i in state.individuals[:5]] == [i.genotype for i in basic.individuals[:5]]
+    cores = len(os.sched_getaffinity(0))
     for ind in state.individuals:
         assert (list((sweep / ind.directory).rglob("*.ckpt")) != []) == (ind.id in state.parents)
+        # two children at a time share the cores; the ancestor, launched alone, has them all
+        overrides = (sweep / ind.directory / ".hydra/overrides.yaml").read_text()
+        assert f"- threads={cores if ind.id == 0 else max(1, cores // 2)}\n" in overrides
     assert (sweep / PARETO_FILE).exists() and (sweep / FITNESS_FILE).exists() and (sweep / CSV_FILE).exists()
 
 

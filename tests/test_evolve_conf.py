@@ -104,3 +104,11 @@ def test_the_training_settings_of_a_search_are_what_a_childs_fitness_depends_on(
         assert speed_or_place not in training
     assert all(isinstance(k, str) and not k.startswith(("hydra", "launcher", "logger")) for k in training)
 
+
+def test_slurm_children_use_the_cpus_of_their_task():
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = _compose("launcher=submitit_slurm", "hydra.launcher.cpus_per_task=6")
+    HydraConfig.instance().set_config(cfg)
+    assert cfg.threads == 6
+    assert _compose().threads is None  # this machine: the sweeper shares its cores among each launch's children

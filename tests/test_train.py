@@ -109,3 +109,23 @@ def test_test_only_without_a_checkpoint_is_refused(tmp_path):
     )  # fmt: skip
     assert run.returncode != 0 and "train=false needs ckpt_path" in run.stderr + run.stdout
 
+
+def test_threads_give_a_run_its_share_of_the_cores():
+    import cv2
+    import torch
+
+    from train import share_cores
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        cfg = _compose("threads=1", "data.num_workers=2")
+        share_cores(cfg)
+        assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1 and cfg.data.num_workers == 1
+        cfg = _compose("data.num_workers=2")  # null: the libraries' defaults, workers as configured
+        share_cores(cfg)
+        assert cfg.data.num_workers == 2
+        with pytest.raises(ValueError, match="threads=0: must be a whole number"):
+            share_cores(_compose("threads=0"))
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])

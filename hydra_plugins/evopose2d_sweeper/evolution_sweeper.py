@@ -217,6 +217,9 @@ class EvolutionSweeper(Sweeper):
 
     def _launch(self, evolution: Evolution, arguments: Sequence[str], jobs: list[Job]) -> None:
         batch = [self._overrides(arguments, job, slot) for slot, job in enumerate(jobs)]
+        if self.config.get("threads") is None:  # the children of a launch run at once: share the cores among them
+            share = max(1, len(os.sched_getaffinity(0)) // len(jobs))
+            batch = [[*overrides, f"threads={share}"] for overrides in batch]
         if self.job_idx == 0:
             self.validate_batch_is_legal(batch[:1])  # a config error surfaces before anything trains
         for job in jobs:
