@@ -327,6 +327,15 @@ def test_invalid_overrides_fail_before_anything_is_launched(tmp_path, override, 
     assert not (sweep / "state.json").exists() and not (sweep / "individuals").exists()
 
 
+def test_a_missing_data_root_is_refused_before_the_search_starts(tmp_path):
+    """Every child would fail on it, and a state recording it would refuse the corrected resume."""
+    sweep = tmp_path / "no-root"
+    result = subprocess.run([sys.executable, "evolve.py", f"hydra.sweep.dir={sweep}", "data=coco", "logger=none"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode != 0 and "error: data.root: has no value; set it (data.root=...)" in result.stderr
+    assert not (sweep / "state.json").exists()
+
+
 def test_report_rebuilds_table_and_plots(basic_search, tmp_path):
     sweep, state, _ = basic_search
     copy = tmp_path / "copy"

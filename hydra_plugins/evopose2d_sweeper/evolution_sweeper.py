@@ -20,7 +20,7 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
 
 from evopose_pl.evolution import (
     COMPLETED,
@@ -192,9 +192,12 @@ class EvolutionSweeper(Sweeper):
         """``TRAINING_SETTINGS`` as the children will see them, flattened to ``{"data.input_size": [64, 48]}``."""
         flat: dict[str, Any] = {}
         for key in TRAINING_SETTINGS:
-            value = OmegaConf.select(self.config, key, default=None)
-            if isinstance(value, (DictConfig, ListConfig)):
-                value = OmegaConf.to_container(value, resolve=True)
+            try:
+                value = OmegaConf.select(self.config, key, default=None, throw_on_missing=True)
+                if isinstance(value, (DictConfig, ListConfig)):
+                    value = OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+            except MissingMandatoryValue as e:  # every child would fail on it: refuse before the search starts
+                raise SettingsError(f"{e.full_key}: has no value; set it ({e.full_key}=...)") from None
             flat.update(_flatten(key, value))
         excluded = tuple(f"{key}." for key in NOT_TRAINING_SETTINGS)
         return {k: v for k, v in flat.items() if k not in NOT_TRAINING_SETTINGS and not k.startswith(excluded)}
