@@ -29,7 +29,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from evopose_pl.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from evopose_pl.data import AnnotationError  # noqa: E402
+from evopose_pl.data import AnnotationError, ImageFileError  # noqa: E402
 from evopose_pl.evaluation import STAT_NAMES  # noqa: E402
 from evopose_pl.files import FileFormatError  # noqa: E402
 from evopose_pl.module import PoseModule, default_precision  # noqa: E402
@@ -38,7 +38,7 @@ from evopose_pl.report import wandb_key_configured  # noqa: E402
 log = logging.getLogger(__name__)
 
 # Errors that name the file or setting at fault: printed as one line rather than a traceback.
-BAD_INPUT = (CheckpointError, AnnotationError, FileFormatError, FileNotFoundError)
+BAD_INPUT = (CheckpointError, AnnotationError, ImageFileError, FileFormatError, FileNotFoundError, PermissionError)
 
 
 def build_loggers(cfg: DictConfig | None) -> list[Logger]:

@@ -36,7 +36,7 @@ def load_checkpoint(path: str | os.PathLike, name: str = "checkpoint") -> Any:
     checkpoint at all, raises ``CheckpointError`` with one line naming the file and the reason.
     """
     path = Path(path)
-    label = f"{name}{path}" if name.endswith("=") else f"{name} {path}"
+    label = checkpoint_label(name, path)
     if not path.exists():
         raise FileNotFoundError(f"{label}: no such checkpoint file")
     if not path.is_file():
@@ -52,8 +52,18 @@ def load_checkpoint(path: str | os.PathLike, name: str = "checkpoint") -> Any:
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{label}: refused, {_refusal(str(error))}") from None
     except Exception as error:  # torch raises RuntimeError, KeyError, EOFError... for damaged files
-        first = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{label}: not a readable PyTorch checkpoint ({first})") from None
+        raise CheckpointError(f"{label}: not a readable PyTorch checkpoint ({first_sentence(error)})") from None
+
+
+def checkpoint_label(name: str, path: str | os.PathLike) -> str:
+    """How messages name a checkpoint: ``parent checkpoint <path>``, or ``ckpt=<path>`` for an override."""
+    return f"{name}{os.fspath(path)}" if name.endswith("=") else f"{name} {os.fspath(path)}"
+
+
+def first_sentence(error: BaseException) -> str:
+    """An error's first sentence, for a one-line message (torch's and Lightning's run to paragraphs)."""
+    text = str(error).strip()
+    return text.split(". ")[0].splitlines()[0] if text else type(error).__name__
 
 
 def _refusal(message: str) -> str:

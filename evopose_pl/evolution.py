@@ -294,10 +294,12 @@ class SearchState:
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(data) - known):
             raise StateError(f"{source}: not a search state this version can read (unknown fields {unknown})")
-        if not isinstance(data.get("individuals", []), list):
-            raise StateError(f"{source}: individuals must be a list")
+        if missing := sorted(f.name for f in fields(cls) if f.name not in data and f.name != "version"):
+            raise StateError(f"{source}: not a complete search state (it lacks {missing})")
+        if not isinstance(data["individuals"], list):
+            raise StateError(f"{source}: individuals: must be a list")
         individuals = []
-        for i, ind in enumerate(data.get("individuals", [])):
+        for i, ind in enumerate(data["individuals"]):
             try:
                 individuals.append(Individual(**ind))
             except TypeError as e:
@@ -313,13 +315,25 @@ class SearchState:
             if not ok:
                 raise StateError(f"{source}: {where}: {message}")
 
+        def is_genotype(value: Any) -> bool:
+            try:
+                Genotype.from_string(value)
+            except (GenotypeError, TypeError, AttributeError, ValueError):
+                return False
+            return True
+
         need(isinstance(self.settings, dict), "settings", "must be an object")
+        need(isinstance(self.settings.get("training", {}), dict), "settings.training", "must be an object")
         need(_is_int(self.generation) and self.generation >= -1, "generation", f"{self.generation!r} is not >= -1")
-        need(isinstance(self.cache, list) and all(isinstance(g, str) for g in self.cache), "cache",
-             "must be a list of genotype strings")  # fmt: skip
+        need(isinstance(self.cache, list), "cache", "must be a list of genotype strings")
+        for k, genotype in enumerate(self.cache):
+            need(is_genotype(genotype), f"cache[{k}]", f"{genotype!r} is not a genotype")
         need(self.rng is None or isinstance(self.rng, dict), "rng", "must be a generator state or null")
+        need(self.stopped is None or isinstance(self.stopped, str), "stopped", "must be a reason or null")
         need(isinstance(self.history, list) and all(isinstance(h, dict) for h in self.history), "history",
              "must be a list of generation summaries")  # fmt: skip
+        need(len(self.history) in (self.generation, self.generation + 1), "history",
+             f"{len(self.history)} generations selected, but {self.generation} is the newest planned")  # fmt: skip
         by_id = {}
         for i, ind in enumerate(self.individuals):
             where = f"individuals[{i}]"
@@ -327,12 +341,12 @@ class SearchState:
             need(ind.status in (PENDING, COMPLETED, FAILED), f"{where}.status", f"unknown status {ind.status!r}")
             need(_is_int(ind.generation) and 0 <= ind.generation <= self.generation, f"{where}.generation",
                  f"{ind.generation!r} is not a planned generation (0..{self.generation})")  # fmt: skip
-            try:
-                Genotype.from_string(ind.genotype)
-            except (GenotypeError, TypeError, AttributeError) as e:
-                need(False, f"{where}.genotype", f"{ind.genotype!r} is not a genotype ({e})")
-            need(ind.parent is None or ind.parent in by_id, f"{where}.parent",
+            need(is_genotype(ind.genotype), f"{where}.genotype", f"{ind.genotype!r} is not a genotype")
+            need(ind.parent is None or (_is_int(ind.parent) and ind.parent in by_id), f"{where}.parent",
                  f"{ind.parent!r} is not an earlier individual")  # fmt: skip
+            need(isinstance(ind.directory, str), f"{where}.directory", f"{ind.directory!r} is not a path")
+            need(ind.checkpoint is None or isinstance(ind.checkpoint, str), f"{where}.checkpoint",
+                 f"{ind.checkpoint!r} is not a path")  # fmt: skip
             if ind.status == COMPLETED:
                 for key in ("val_loss", "fitness"):
                     value = getattr(ind, key)
@@ -340,10 +354,14 @@ class SearchState:
                 need(_is_int(ind.params) and ind.params > 0, f"{where}.params",
                      f"{ind.params!r}: a completed individual needs its parameter count")  # fmt: skip
             by_id[ind.id] = ind
+        planned = {ind.generation for ind in self.individuals}
+        need(planned == set(range(self.generation + 1)), "individuals",
+             f"hold generations {sorted(planned)}, but generations 0..{self.generation} were planned")  # fmt: skip
         need(isinstance(self.parents, list), "parents", "must be a list of individual ids")
         for k, parent in enumerate(self.parents):
-            need(parent in by_id and by_id[parent].status == COMPLETED, f"parents[{k}]",
+            need(_is_int(parent) and parent in by_id and by_id[parent].status == COMPLETED, f"parents[{k}]",
                  f"{parent!r} is not a completed individual")  # fmt: skip
+        need(bool(self.parents) or not self.history, "parents", "a search with a selected generation has parents")
 
 
 def load_state(path: str | os.PathLike) -> SearchState:
@@ -366,6 +384,8 @@ class SearchLock:
     A POSIX record lock on ``driver.lock``. The OS drops it when its holder dies, SIGKILL included,
     so a lock is never stale, and processes the driver forks (loader workers) do not inherit it.
     The file says who holds it (pid, host, start time), for the message a second driver gets.
+    The holding process must not open the file otherwise: closing any of its descriptors of the
+    file drops a POSIX lock.
     """
 
     _held: set[Path] = set()  # POSIX locks belong to a process: this one must not lock a directory twice
@@ -450,7 +470,10 @@ class Evolution:
             self.state = SearchState(settings=settings.identity())
         self.rng = np.random.default_rng(settings.seed)
         if self.state.rng is not None:
-            self.rng.bit_generator.state = self.state.rng
+            try:
+                self.rng.bit_generator.state = self.state.rng
+            except (TypeError, ValueError, KeyError) as e:
+                raise StateError(f"{self.path}: rng: not the state of numpy's default generator ({e})") from None
         self._by_id = {ind.id: ind for ind in self.state.individuals}
 
     @property
@@ -473,7 +496,8 @@ class Evolution:
                 self._refuse(key, _override_value(new.get(key, _UNSET)), _override_value(old.get(key, _UNSET)))
 
     def _refuse(self, key: str, wanted: str, saved: str) -> None:
-        fix = f"without {key}" if saved == _override_value(_UNSET) else f"with {key}={saved}"
+        unset = _override_value(_UNSET)
+        fix = f"without {key}" if saved == unset else f"with {'+' if wanted == unset else ''}{key}={saved}"
         raise SettingsError(
             f"{key}={wanted}, but {self.path} holds a search with {key}={saved}. To resume it, re-run {fix};"
             " for a new search, choose another search_name (or hydra.sweep.dir)"
@@ -564,12 +588,17 @@ class Evolution:
         with the file named, so that it is trained again rather than adopted again.
         """
         ind = self._by_id[id]
+        path = self.directory / ind.directory / RESULT_FILE
         try:
-            data = read_json(self.directory / ind.directory / RESULT_FILE)
+            data = read_json(path)
         except FileNotFoundError:
             return False
         except FileFormatError as e:
             self._reject(ind, str(e))
+            return False
+        problem = result_problem(data, ind)
+        if problem is not None:
+            self._reject(ind, f"{path}: {problem}")
             return False
         return self.record(id, data).status == COMPLETED
 
@@ -596,11 +625,11 @@ class Evolution:
 
     def record(self, id: int, result: Any) -> Individual:
         """A child finished: store its measurements (and save the state). A result that fails
-        ``result_problem`` is rejected: the child is recorded as failed and its result file moved aside."""
+        ``result_problem`` is recorded as the child's failure."""
         ind = self._by_id[id]
         problem = result_problem(result, ind)
         if problem is not None:
-            return self._reject(ind, f"{self.directory / ind.directory / RESULT_FILE}: {problem}")
+            return self.record_failure(id, f"result rejected: {problem}")
         for key in (*RESULT_FIELDS, *(k for k in OPTIONAL_RESULT_FIELDS if k in result)):
             setattr(ind, key, result[key])
         ind.checkpoint = self._relative(ind.checkpoint)

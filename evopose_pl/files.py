@@ -54,9 +54,8 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "x") as f:  # created 0666 less the umask, like any output
             json.dump(data, f, indent=1)
             f.flush()
             os.fsync(f.fileno())

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from evopose_pl.checkpoint import CheckpointError, load_checkpoint
+from evopose_pl.checkpoint import CheckpointError, first_sentence, load_checkpoint
 from evopose_pl.data.coco import read_detections
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix, warp
 from evopose_pl.evaluation import rescore, results_records
@@ -50,8 +50,7 @@ def load_pose_module(ckpt: str | os.PathLike, device: str = "cpu", flip_test: bo
         module = PoseModule(net=net, **hparams)
         module.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:  # a foreign or damaged checkpoint
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"ckpt={path}: its network cannot be rebuilt from it ({reason})") from None
+        raise CheckpointError(f"ckpt={path}: its network cannot be rebuilt from it ({first_sentence(error)})") from None
     return module.to(device).eval()
 
 

@@ -27,7 +27,7 @@ from enum import Enum
 import torch
 from torch import nn
 
-from evopose_pl.checkpoint import CheckpointError, load_checkpoint
+from evopose_pl.checkpoint import CheckpointError, checkpoint_label, load_checkpoint
 
 _BLOCK_KEY = re.compile(r"^(modules\.\d+\.blocks\.)(\d+)(\..+)$")
 
@@ -113,7 +113,8 @@ def load_state_dict(source: ParentLike, name: str = "parent checkpoint") -> dict
         if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-            raise CheckpointError(f"{name} {os.fspath(source)}: holds neither a state dict nor a Lightning checkpoint")
+            label = checkpoint_label(name, source)
+            raise CheckpointError(f"{label}: holds neither a state dict nor a Lightning checkpoint")
         return dict(loaded)
     if isinstance(source, Mapping):
         return dict(source)

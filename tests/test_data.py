@@ -26,6 +26,7 @@ from evopose_pl.data import (
     render_heatmaps,
     to_image,
 )
+from evopose_pl.data.dataset import truncated_jpeg
 from evopose_pl.data.synthetic import COCO_KEYPOINTS
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix
 from evopose_pl.datamodule import PoseDataModule
@@ -293,6 +294,29 @@ def test_a_truncated_jpeg_with_an_earlier_end_marker_is_named(coco_sample, tmp_p
     jpeg.write_bytes(with_thumbnail[:cut])
     with pytest.raises(ImageFileError, match=rf"image {re.escape(str(jpeg))} is a truncated JPEG"):
         TopDownDataset(images / "test_coco.json", images, INPUT)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 4]],
+    ids=["baseline", "progressive", "restart-markers"],
+)
+def test_complete_jpegs_with_trailers_pass_and_cut_ones_do_not(coco_sample, tmp_path, params):
+    """A trailer after the end marker (a phone's motion-photo video) can hold FF DA or FF D9 by chance:
+    the file is walked to its own end marker before it is refused."""
+    image = cv2.imread(str(coco_sample / "000000000785.jpg"))
+    ok, encoded = cv2.imencode(".jpg", image, params)
+    data, path = encoded.tobytes(), tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        trailer = rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+        if k == 0:  # one trailer that fools the tail: an FF DA after the last FF D9
+            trailer += b"\xff\xda" + bytes(100)
+        path.write_bytes(data + trailer)
+        assert not truncated_jpeg(path), k
+    for cut in (len(data) // 3, len(data) - 2, len(data) - 100):
+        path.write_bytes(data[:cut])
+        assert truncated_jpeg(path), cut
 
 
 @pytest.mark.parametrize(

@@ -353,6 +353,18 @@ def _state_with_a_generation(tmp_path) -> dict:
         (lambda s: s["individuals"][1].update(genotype="k9"), "individuals[1].genotype: 'k9' is not a genotype"),
         (lambda s: s["individuals"][1].update(colour="red"), "individuals[1] is not an individual"),
         (lambda s: s.update(cache="k3r1c2s1"), "cache: must be a list of genotype strings"),
+        (lambda s: s["cache"].append("k7"), "cache[3]: 'k7' is not a genotype"),
+        (lambda s: s.update(parents=[[0]]), "parents[0]: [0] is not a completed individual"),
+        (lambda s: s["individuals"][1].update(parent=[0]), "individuals[1].parent: [0] is not an earlier"),
+        (lambda s: s["settings"].update(training=["a"]), "settings.training: must be an object"),
+        (lambda s: s.update(parents=[]), "parents: a search with a selected generation has parents"),
+        (lambda s: s.update(generation=3), "history: 1 generations selected, but 3 is the newest planned"),
+        (lambda s: s.update(generation=2, history=s["history"] * 2), "individuals: hold generations [0, 1], but"),
+        (lambda s: s["individuals"][1].update(checkpoint=5), "individuals[1].checkpoint: 5 is not a path"),
+        (lambda s: s["individuals"][1].update(directory=None), "individuals[1].directory: None is not a path"),
+        (lambda s: s.update(stopped=5), "stopped: must be a reason or null"),
+        (lambda s: s.update(rng={"bit_generator": "MT19937"}), "rng: not the state of numpy's default generator"),
+        (lambda s: s.pop("settings"), "not a complete search state (it lacks ['settings'])"),
     ],
 )
 def test_an_inconsistent_state_is_refused_naming_the_field(tmp_path, corrupt, message):
@@ -451,5 +463,6 @@ def test_one_driver_per_search_and_a_killed_drivers_lock_is_free_at_once(tmp_pat
     with SearchLock(tmp_path) as lock:  # no stale lock after a SIGKILL
         with pytest.raises(SearchLocked, match="this very process"):
             SearchLock(tmp_path).acquire()
-        assert f"pid {os.getpid()} on" in lock.path.read_text()
+    # read after release: closing any descriptor of the file in the holding process drops a POSIX lock
+    assert f"pid {os.getpid()} on" in lock.path.read_text()
     SearchLock(tmp_path).acquire().release()  # released on exit

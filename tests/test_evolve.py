@@ -145,6 +145,15 @@ def test_settings_that_change_only_speed_or_bookkeeping_may_change_on_resume(bas
     assert "Resuming the search" in output and "Search finished after generation 2" in output
 
 
+def test_threads_resolved_by_the_child_do_not_stop_the_driver(tmp_path):
+    """SLURM's threads=${hydra:launcher.cpus_per_task} can only be resolved in a job: the driver leaves it alone."""
+    sweep = tmp_path / "resolved-by-child"
+    _ok(evolve(sweep, "generations=0", "threads=${hydra:sweeper.max_batch_size}"))
+    assert load_state(sweep).individuals[0].status == COMPLETED
+    overrides = (sweep / "individuals/0000/.hydra/overrides.yaml").read_text()
+    assert "- threads=${hydra:sweeper.max_batch_size}\n" in overrides and overrides.count("threads=") == 1
+
+
 def test_a_second_driver_on_the_same_search_exits_at_once(tmp_path):
     sweep = tmp_path / "locked"
     small = ["generations=2", "population=2", "parents=1"]  # 5 networks: long enough to be driving when refused

@@ -106,9 +106,19 @@ def test_the_training_settings_of_a_search_are_what_a_childs_fitness_depends_on(
 
 
 def test_slurm_children_use_the_cpus_of_their_task():
+    """The driver shares its cores only among children on this machine, and never resolves an
+    interpolation that needs a job's Hydra config (the driver has none)."""
     from hydra.core.hydra_config import HydraConfig
 
+    HydraConfig.instance().cfg = None  # as in the driver: Hydra's multirun sets it only for jobs
+    sweeper = EvolutionSweeper()
+    sweeper.config = _compose("launcher=submitit_slurm", "hydra.launcher.cpus_per_task=6")
+    assert sweeper._cores_share(4) is None
+    sweeper.config = _compose()
+    assert sweeper._cores_share(2) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert sweeper._cores_share(1) == len(os.sched_getaffinity(0))
+    sweeper.config = _compose("threads=3")
+    assert sweeper._cores_share(2) is None
     cfg = _compose("launcher=submitit_slurm", "hydra.launcher.cpus_per_task=6")
-    HydraConfig.instance().set_config(cfg)
+    HydraConfig.instance().set_config(cfg)  # as in a job
     assert cfg.threads == 6
-    assert _compose().threads is None  # this machine: the sweeper shares its cores among each launch's children

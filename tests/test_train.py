@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -98,6 +99,22 @@ def test_command_line_on_the_real_coco_sample(tmp_path, coco_sample):
     detections = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
     assert len(results) == sum(d["score"] >= 0.5 for d in detections)
     assert {r["image_id"] for r in results} <= {785, 40083, 196141, 197388}
+
+
+def test_bad_data_ends_train_py_with_one_line_naming_the_file(tmp_path, coco_sample):
+    data = tmp_path / "coco"
+    shutil.copytree(coco_sample, data)
+    jpeg = data / "000000196141.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    env = {**os.environ, "HOME": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *SHORT_TRAIN, "data=coco", f"data.root={data}",
+         "data.train_annotations=test_coco.json", "data.train_images=.", "data.val_annotations=test_coco.json",
+         "data.val_images=.", "logger=none", f"paths.log_dir={tmp_path}/outputs"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"error: image {jpeg} is a truncated JPEG" in run.stderr
 
 
 def test_test_only_without_a_checkpoint_is_refused(tmp_path):

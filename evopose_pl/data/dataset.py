@@ -17,12 +17,11 @@ from evopose_pl.data.transforms import Augmentation, sample_matrix, transform_ke
 # A JPEG ends with the end-of-image marker FF D9. Inside a scan's entropy-coded data an FF byte is
 # always followed by 00 (byte stuffing) or a restart marker (D0-D7), so neither FF D9 nor the
 # start-of-scan marker FF DA can occur there: a file cut mid-scan has no FF D9 after its last FF DA.
-# An earlier image's FF D9 (an EXIF thumbnail's) is told apart by the main image's FF DA after it.
-# Up to 64 KiB of the tail is searched, not two bytes, because some writers leave padding or a
-# trailer after the marker (a random binary trailer much longer would hold an FF DA by chance).
-# The last 4 KiB are read first and decide for almost every file: an FF D9 with no FF DA after it
-# there is the same verdict the 64 KiB read would give. About 20 us per image when cached.
-_JPEG_TAILS = (4 * 1024, 64 * 1024)
+# The last 4 KiB settle almost every file (about 20 us per image when cached). A file they do not
+# settle (cut, or with padding, a thumbnail's marker or a trailer such as a phone's motion-photo
+# video after its end) is walked from its start, segment by segment and scan by scan, to its own end
+# marker: a trailer's bytes can hold FF DA or FF D9 by chance, the walk never reads them.
+_JPEG_TAIL = 4 * 1024
 _PROBLEMS_SHOWN = 20
 
 
@@ -33,19 +32,48 @@ class ImageFileError(ValueError):
 
 def truncated_jpeg(path: Path) -> bool:
     """Whether ``path`` is a JPEG (by its magic bytes) cut before its end: OpenCV would decode it, grey
-    below the cut, with only a libjpeg warning on stderr. Reads the first two bytes and the tail."""
+    below the cut, with only a libjpeg warning on stderr. Reads the first two bytes and the tail, and
+    the whole file only when the tail does not settle it."""
     with open(path, "rb") as f:
         if f.read(2) != b"\xff\xd8":
             return False
         size = f.seek(0, os.SEEK_END)
-        for tail_size in _JPEG_TAILS:
-            f.seek(max(0, size - tail_size))
-            tail = f.read()
-            if tail.rfind(b"\xff\xd9") > tail.rfind(b"\xff\xda"):
+        f.seek(max(0, size - _JPEG_TAIL))
+        tail = f.read()
+        if tail.rfind(b"\xff\xd9") > tail.rfind(b"\xff\xda"):
+            return False
+        f.seek(0)
+        return not _reaches_end_marker(f.read())
+
+
+def _reaches_end_marker(data: bytes) -> bool:
+    """Whether the JPEG in ``data`` reaches its end-of-image marker: each segment is skipped by its length,
+    each scan's entropy-coded data up to the next marker that is neither byte stuffing nor a restart."""
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return False  # not at a marker: the file is damaged
+        marker = data[i + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte; markers without a length
+            i += 1 if marker == 0xFF else 2
+            continue
+        if i + 4 > n:
+            return False
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        while marker == 0xDA:  # a scan's data runs to the next real marker
+            i = data.find(b"\xff", i)
+            if i < 0 or i + 1 >= n:
                 return False
-            if tail_size >= size:
+            following = data[i + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                i += 2
+            elif following == 0xFF:
+                i += 1
+            else:
                 break
-    return True
+    return False
 
 
 def check_image_files(instances: Sequence[Instance]) -> None:

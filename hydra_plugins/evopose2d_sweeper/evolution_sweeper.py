@@ -34,6 +34,7 @@ from evopose_pl.evolution import (
     Settings,
     SettingsError,
     StateError,
+    result_problem,
 )
 from evopose_pl.report import SearchRun, write_report
 
@@ -53,10 +54,17 @@ TRAINING_SETTINGS = (
     "trainer.num_nodes",
     "trainer.limit_train_batches",
     "trainer.limit_val_batches",
+    "trainer.max_steps",
+    "trainer.check_val_every_n_epoch",
+    "trainer.val_check_interval",
+    "callbacks.model_checkpoint.monitor",  # which weights a child keeps, and so what its children inherit
+    "callbacks.model_checkpoint.mode",
+    "callbacks.weight_transfer.key_map",
 )
 NOT_TRAINING_SETTINGS = (
     "data.num_workers",
     "data.pin_memory",
+    "data.val_batch_size",  # the validation loss is a per-sample mean whatever the batch
     "data.crop_cache",
     "data.cache_dir",
     "model.genotype",  # each child's own
@@ -202,6 +210,15 @@ class EvolutionSweeper(Sweeper):
         excluded = tuple(f"{key}." for key in NOT_TRAINING_SETTINGS)
         return {k: v for k, v in flat.items() if k not in NOT_TRAINING_SETTINGS and not k.startswith(excluded)}
 
+    def _cores_share(self, children: int) -> int | None:
+        """The CPU threads of each of ``children`` launched together on this machine, or None when the
+        config sets ``threads`` itself (a number, or what the child resolves, as SLURM's cpus_per_task)."""
+        if "threads" not in self.config or OmegaConf.is_interpolation(self.config, "threads"):
+            return None  # an interpolation may need the job's Hydra config: the child resolves it
+        if self.config.threads is not None:
+            return None
+        return max(1, len(os.sched_getaffinity(0)) // children)
+
     def _overrides(self, arguments: Sequence[str], job: Job, slot: int) -> list[str]:
         ind = job.individual
         overrides = [
@@ -220,8 +237,8 @@ class EvolutionSweeper(Sweeper):
 
     def _launch(self, evolution: Evolution, arguments: Sequence[str], jobs: list[Job]) -> None:
         batch = [self._overrides(arguments, job, slot) for slot, job in enumerate(jobs)]
-        if self.config.get("threads") is None:  # the children of a launch run at once: share the cores among them
-            share = max(1, len(os.sched_getaffinity(0)) // len(jobs))
+        share = self._cores_share(len(jobs))
+        if share is not None:
             batch = [[*overrides, f"threads={share}"] for overrides in batch]
         if self.job_idx == 0:
             self.validate_batch_is_legal(batch[:1])  # a config error surfaces before anything trains
@@ -238,7 +255,11 @@ class EvolutionSweeper(Sweeper):
         for job, ret in zip(jobs, returns):
             ind = job.individual
             if ret is not None and ret.status == JobStatus.COMPLETED:
-                evolution.record(ind.id, ret.return_value)
+                problem = result_problem(ret.return_value, ind)
+                if problem is None:
+                    evolution.record(ind.id, ret.return_value)
+                elif not evolution.adopt_result(ind.id) and ind.status == PENDING:  # the file is checked on its own
+                    evolution.record_failure(ind.id, f"the child returned a record that is not valid: {problem}")
             elif ret is not None:
                 error = ret._return_value  # reading return_value of a failed job re-raises its exception
                 evolution.record_failure(ind.id, f"{type(error).__name__}: {error}")
