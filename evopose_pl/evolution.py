@@ -600,7 +600,8 @@ class Evolution:
         if problem is not None:
             self._reject(ind, f"{path}: {problem}")
             return False
-        return self.record(id, data).status == COMPLETED
+        self.record(id, data)
+        return True
 
     def jobs(self, generation: int) -> Iterator[Job]:
         """The children of ``generation`` still to train, with what each one inherits."""
@@ -624,11 +625,17 @@ class Evolution:
     # -- recording -------------------------------------------------------------------------
 
     def record(self, id: int, result: Any) -> Individual:
-        """A child finished: store its measurements (and save the state). A result that fails
-        ``result_problem`` is recorded as the child's failure."""
+        """A child finished and returned ``result``: store its measurements (and save the state).
+
+        A result that fails ``result_problem`` gives way to the child's result file, checked on its
+        own (``adopt_result``); without a valid one the child is recorded as failed.
+        """
         ind = self._by_id[id]
         problem = result_problem(result, ind)
         if problem is not None:
+            if (self.directory / ind.directory / RESULT_FILE).exists():
+                self.adopt_result(id)  # adopted, or the file rejected and named
+                return ind
             return self.record_failure(id, f"result rejected: {problem}")
         for key in (*RESULT_FIELDS, *(k for k in OPTIONAL_RESULT_FIELDS if k in result)):
             setattr(ind, key, result[key])

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from evopose_pl.checkpoint import CheckpointError, first_sentence, load_checkpoint
+from evopose_pl.checkpoint import CheckpointError, checkpoint_label, first_sentence, load_checkpoint
 from evopose_pl.data.coco import read_detections
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix, warp
 from evopose_pl.evaluation import rescore, results_records
@@ -37,12 +37,10 @@ KEYPOINT_THRESHOLD = 0.2  # drawn (and counted in the instance score) above this
 
 def load_pose_module(ckpt: str | os.PathLike, device: str = "cpu", flip_test: bool = True) -> PoseModule:
     """A PoseModule rebuilt from a checkpoint of train.py or evolve.py alone (no config files)."""
-    path = Path(ckpt)
-    checkpoint = load_checkpoint(path, "ckpt=")
+    label = checkpoint_label("ckpt=", ckpt)
+    checkpoint = load_checkpoint(ckpt, "ckpt=")
     if not isinstance(checkpoint, dict) or "net" not in checkpoint or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"ckpt={path}: not a checkpoint of train.py or evolve.py (it lacks the network description)"
-        )
+        raise CheckpointError(f"{label}: not a checkpoint of train.py or evolve.py (it lacks the network description)")
     try:
         net = from_description(checkpoint["net"])
         hparams = dict(checkpoint.get("hyper_parameters", {}))
@@ -50,7 +48,7 @@ def load_pose_module(ckpt: str | os.PathLike, device: str = "cpu", flip_test: bo
         module = PoseModule(net=net, **hparams)
         module.load_state_dict(checkpoint["state_dict"])
     except (TypeError, ValueError, RuntimeError) as error:  # a foreign or damaged checkpoint
-        raise CheckpointError(f"ckpt={path}: its network cannot be rebuilt from it ({first_sentence(error)})") from None
+        raise CheckpointError(f"{label}: its network cannot be rebuilt from it ({first_sentence(error)})") from None
     return module.to(device).eval()
 
 

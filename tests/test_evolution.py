@@ -466,3 +466,24 @@ def test_one_driver_per_search_and_a_killed_drivers_lock_is_free_at_once(tmp_pat
     # read after release: closing any descriptor of the file in the holding process drops a POSIX lock
     assert f"pid {os.getpid()} on" in lock.path.read_text()
     SearchLock(tmp_path).acquire().release()  # released on exit
+
+
+def test_an_invalid_returned_record_gives_way_to_the_childs_result_file(tmp_path):
+    evolution = Evolution(tmp_path, _settings())
+    evolution.next_generation()
+    ind = evolution.individual(0)
+    result = tmp_path / ind.directory / RESULT_FILE
+    result.parent.mkdir(parents=True)
+    result.write_text(json.dumps(_result(ind, 42.0)))
+    assert evolution.record(0, None).status == COMPLETED and ind.val_loss == 42.0  # a launcher that lost the value
+    resumed = Evolution(tmp_path / "b", _settings())
+    resumed.next_generation()
+    other = resumed.individual(0)
+    (tmp_path / "b" / other.directory).mkdir(parents=True)
+    (tmp_path / "b" / other.directory / RESULT_FILE).write_bytes(b"\x00\xff")
+    assert resumed.record(0, {"id": 0}).status == FAILED  # both bad: the file is named and kept aside
+    assert "not a JSON text file" in other.error and "result.rejected-1.json" in other.error
+    assert (
+        resumed.record(0, {"id": 0}).error == "result rejected: it is the record of individual 0 None, not of "
+        f"individual 0 {other.genotype}"
+    )  # no file left: the returned record's own problem

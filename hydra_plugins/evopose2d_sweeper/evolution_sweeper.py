@@ -34,7 +34,6 @@ from evopose_pl.evolution import (
     Settings,
     SettingsError,
     StateError,
-    result_problem,
 )
 from evopose_pl.report import SearchRun, write_report
 
@@ -255,11 +254,7 @@ class EvolutionSweeper(Sweeper):
         for job, ret in zip(jobs, returns):
             ind = job.individual
             if ret is not None and ret.status == JobStatus.COMPLETED:
-                problem = result_problem(ret.return_value, ind)
-                if problem is None:
-                    evolution.record(ind.id, ret.return_value)
-                elif not evolution.adopt_result(ind.id) and ind.status == PENDING:  # the file is checked on its own
-                    evolution.record_failure(ind.id, f"the child returned a record that is not valid: {problem}")
+                evolution.record(ind.id, ret.return_value)  # an invalid record gives way to the child's file
             elif ret is not None:
                 error = ret._return_value  # reading return_value of a failed job re-raises its exception
                 evolution.record_failure(ind.id, f"{type(error).__name__}: {error}")
