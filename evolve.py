@@ -30,7 +30,7 @@ from omegaconf import DictConfig  # noqa: E402
 from callbacks import StageTimer, WeightTransfer  # noqa: E402
 from evopose_pl.evolution import RESULT_FILE, fitness  # noqa: E402
 from evopose_pl.files import write_json_atomic  # noqa: E402
-from train import Session, build  # noqa: E402
+from session import Session, build  # noqa: E402
 
 CHILD_DIR_ENV = "EVOPOSE_CHILD_DIR"
 

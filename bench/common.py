@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("EVOPOSE_ROOT", str(ROOT))
 
 

@@ -24,7 +24,7 @@ from common import compose, machine
 from evopose_pl.data.heatmaps import decode_heatmaps, merge_flipped, to_image
 from evopose_pl.evaluation import evaluate_coco, rescore, results_records
 from evopose_pl.module import default_precision
-from train import build
+from session import build
 
 
 def main(argv: list[str] | None = None) -> None:

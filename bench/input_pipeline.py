@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from evopose_pl.data import Augmentation
 from evopose_pl.datamodule import PoseDataModule
 from evopose_pl.search import ANCESTOR
-from train import build
+from session import build
 
 SOURCES = ("jpeg", "cache")
 FETCH = "[_TrainingEpochLoop].train_dataloader_next"

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from evopose_pl.evolution import Settings
 from evopose_pl.search import Genotype, mutate
-from train import build
+from session import build
 
 
 class ValidationCurve(pl.Callback):

@@ -131,7 +131,7 @@ def test_threads_give_a_run_its_share_of_the_cores():
     import cv2
     import torch
 
-    from train import share_cores
+    from session import share_cores
 
     before = torch.get_num_threads(), cv2.getNumThreads()
     try:

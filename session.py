@@ -1,0 +1,114 @@
+"""What the entry scripts share (train.py, evolve.py, the benchmarks): turning a composed config into a
+training session (data, network, LightningModule, callbacks, loggers, trainer), and naming bad input.
+
+Hydra's edge, beside the entry scripts: the library (``evopose_pl``) never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import cv2
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from evopose_pl.checkpoint import CheckpointError
+from evopose_pl.data import AnnotationError, ImageFileError
+from evopose_pl.files import FileFormatError
+from evopose_pl.module import PoseModule, default_precision
+from evopose_pl.report import wandb_key_configured
+
+log = logging.getLogger(__name__)
+
+# Errors that name the file or setting at fault: printed as one line rather than a traceback.
+BAD_INPUT = (CheckpointError, AnnotationError, ImageFileError, FileFormatError, FileNotFoundError, PermissionError)
+
+
+def build_loggers(cfg: DictConfig | None) -> list[Logger]:
+    """Instantiate the logger group; W&B goes offline when no API key is configured."""
+    loggers = []
+    for conf in (cfg or {}).values():
+        if conf is None or "_target_" not in conf:
+            continue
+        if conf._target_.endswith("WandbLogger") and conf.get("offline") is None:
+            with open_dict(conf):
+                conf.offline = not wandb_key_configured()
+            if conf.offline:
+                os.environ.setdefault("WANDB_MODE", "offline")
+        loggers.append(instantiate(conf))
+    return loggers
+
+
+@dataclass
+class Session:
+    """Everything a fit needs, instantiated from the config."""
+
+    datamodule: pl.LightningDataModule
+    module: PoseModule
+    trainer: pl.Trainer
+    callbacks: list[pl.Callback]
+    loggers: list[Logger]
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        checkpoint = next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
+        return checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+
+
+def share_cores(cfg: DictConfig) -> None:
+    """Use ``cfg.threads`` CPU threads in torch and OpenCV, and at most as many loader workers: a child
+    running beside others keeps to its share of the cores rather than contending for all of them."""
+    threads = cfg.get("threads")
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads={threads!r}: must be a whole number of CPU threads >= 1, or null")
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    workers = cfg.data.get("num_workers", 0)
+    if workers > threads:
+        log.info(f"data.num_workers={workers} exceeds this run's {threads} CPU threads: using {threads} workers")
+        with open_dict(cfg):
+            cfg.data.num_workers = threads
+
+
+def build(cfg: DictConfig) -> Session:
+    """Take the run's share of the cores, seed, then instantiate data, network, LightningModule,
+    callbacks, loggers and trainer."""
+    share_cores(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    info = datamodule.keypoint_info
+    net = instantiate(cfg.model, num_keypoints=info.num_keypoints)
+    module = PoseModule(
+        net=net,
+        input_size=datamodule.input_size,
+        batch_size=datamodule.batch_size,
+        flip_index=info.flip_index,
+        keypoint_names=info.names,
+        skeleton=info.skeleton,
+        results_dir=cfg.paths.output_dir,
+        **OmegaConf.to_container(cfg.module),
+    )
+    if cfg.trainer.get("precision") is None:
+        with open_dict(cfg):  # resolved here, so that loggers record the precision used
+            cfg.trainer.precision = default_precision(cfg.trainer.get("accelerator", "auto"), datamodule.input_size)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = build_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return Session(datamodule, module, trainer, callbacks, loggers)
+
+
+def bad_input(error: BaseException) -> BaseException | None:
+    """The bad-input error behind ``error``, if any (Hydra's ``instantiate`` wraps what a constructor raises)."""
+    while error is not None and not isinstance(error, BAD_INPUT):
+        error = error.__cause__
+    return error
