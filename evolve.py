@@ -6,7 +6,8 @@
 
 Hydra multirun is the default mode: the ``evolution`` sweeper (``hydra_plugins/``) plans each
 generation and launches its children through the configured launcher; every job runs
-``main`` below, which trains one individual and returns its record.
+``main`` below, which trains one individual and returns what it measured. The sweeper computes
+each child's fitness from that record, with the search's settings.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from callbacks import StageTimer, WeightTransfer  # noqa: E402
-from evopose_pl.evolution import RESULT_FILE, fitness  # noqa: E402
+from evopose_pl.evolution import RESULT_FILE  # noqa: E402
 from evopose_pl.files import write_json_atomic  # noqa: E402
 from session import Session, build  # noqa: E402
 
@@ -56,7 +57,7 @@ def ddp_rank_argv(argv: list[str]) -> list[str]:
 
 
 def train_individual(cfg: DictConfig) -> dict:
-    """Train the individual the overrides name, measure it, and return (and save) its record.
+    """Train the individual the overrides name, measure it, and return (and save) what it measured.
 
     Raises when training fails or the loss is not finite: the sweeper records the failure.
     """
@@ -87,7 +88,8 @@ def train_individual(cfg: DictConfig) -> dict:
 
 
 def _measure(cfg: DictConfig, session: Session, clock: dict[str, float]) -> dict:
-    """The child's record: size, best validation loss, fitness, timing; logged, and saved by rank 0."""
+    """The child's record of what it measured: size, best validation loss, checkpoint, weight transfer,
+    timing; logged, and saved by rank 0. The fitness is the driver's, computed from this record."""
     val_loss = session.module.best_val_loss
     if not math.isfinite(val_loss):
         raise FloatingPointError(f"best validation loss is {val_loss}")
@@ -102,7 +104,6 @@ def _measure(cfg: DictConfig, session: Session, clock: dict[str, float]) -> dict
         "genotype": cfg.individual.genotype,
         **size,
         "val_loss": val_loss,
-        "fitness": fitness(val_loss, size["params"], cfg.target_params, cfg.gamma),
         "checkpoint": session.best_checkpoint,
         "wall_time": clock["ended"] - clock["started"],
         "transfer": transfer.summary() if transfer is not None else None,
@@ -111,9 +112,7 @@ def _measure(cfg: DictConfig, session: Session, clock: dict[str, float]) -> dict
     if session.trainer.is_global_zero:
         for logger in session.loggers:
             logger.log_hyperparams({"individual": {k: record[k] for k in ("params", "params_trainable", "flops")}})
-            logger.log_metrics(
-                {"fitness": record["fitness"], "val/loss_best": val_loss}, step=session.trainer.global_step
-            )
+            logger.log_metrics({"val/loss_best": val_loss}, step=session.trainer.global_step)
         write_json_atomic(Path(cfg.paths.output_dir) / RESULT_FILE, record)
     return record
 

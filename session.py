@@ -26,8 +26,21 @@ from evopose_pl.report import wandb_key_configured
 
 log = logging.getLogger(__name__)
 
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the override at fault."""
+
+
 # Errors that name the file or setting at fault: printed as one line rather than a traceback.
-BAD_INPUT = (CheckpointError, AnnotationError, ImageFileError, FileFormatError, FileNotFoundError, PermissionError)
+BAD_INPUT = (
+    ConfigError,
+    CheckpointError,
+    AnnotationError,
+    ImageFileError,
+    FileFormatError,
+    FileNotFoundError,
+    PermissionError,
+)
 
 
 def build_loggers(cfg: DictConfig | None) -> list[Logger]:
@@ -79,8 +92,8 @@ def share_cores(cfg: DictConfig) -> None:
 
 
 def build(cfg: DictConfig) -> Session:
-    """Take the run's share of the cores, seed, then instantiate data, network, LightningModule,
-    callbacks, loggers and trainer."""
+    """Take the run's share of the cores, seed, then instantiate data, the system's parts (network,
+    codec, recipe), the LightningModule composing them, callbacks, loggers and trainer."""
     share_cores(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -88,13 +101,14 @@ def build(cfg: DictConfig) -> Session:
     net = instantiate(cfg.model, num_keypoints=info.num_keypoints)
     module = PoseModule(
         net=net,
+        codec=instantiate(cfg.codec),
+        recipe=instantiate(cfg.recipe),
+        keypoints=info,
         input_size=datamodule.input_size,
         batch_size=datamodule.batch_size,
-        flip_index=info.flip_index,
-        keypoint_names=info.names,
-        skeleton=info.skeleton,
+        flip_test=cfg.flip_test,
+        channels_last=cfg.channels_last,
         results_dir=cfg.paths.output_dir,
-        **OmegaConf.to_container(cfg.module),
     )
     if cfg.trainer.get("precision") is None:
         with open_dict(cfg):  # resolved here, so that loggers record the precision used

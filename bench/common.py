@@ -47,14 +47,15 @@ def compose(config_name: str, overrides: list[str], output_dir: str | os.PathLik
     return cfg
 
 
-def run_search(overrides: list[str]) -> tuple[str, float, float, list[dict]]:
-    """``python evolve.py <overrides>`` in its own process and a fresh sweep directory, as a user runs it.
+def run_search(overrides: list[str], sweep_dir: Path | None = None) -> tuple[str, float, float, list[dict]]:
+    """``python evolve.py <overrides>`` in its own process and a fresh sweep directory, as a user runs it:
+    ``sweep_dir`` (kept), or a temporary one.
 
     Returns the command as shown (without the sweep directory), its start (wall clock), its seconds,
     and the individuals of its ``state.json``; exits naming the command when it fails.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        sweep = Path(tmp) / "search"
+        sweep = Path(tmp) / "search" if sweep_dir is None else Path(sweep_dir)
         command = [sys.executable, "evolve.py", f"hydra.sweep.dir={sweep}", *overrides]
         start = time.time()
         run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)

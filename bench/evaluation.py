@@ -21,8 +21,8 @@ from contextlib import contextmanager
 import torch
 from common import compose, machine
 
-from evopose_pl.data.heatmaps import decode_heatmaps, merge_flipped, to_image
-from evopose_pl.evaluation import evaluate_coco, rescore, results_records
+from evopose_pl.data.heatmaps import to_image
+from evopose_pl.evaluation import evaluate_coco, results_records
 from evopose_pl.module import default_precision
 from session import build
 
@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> None:
         for batch in datamodule.test_dataloader():
             images, affine = batch["image"].to(device), batch["affine"].to(device)
             with stage("forward"):
-                heatmaps = module(images).float()
+                outputs = module(images)
             with stage("flip test"):
-                heatmaps = merge_flipped(heatmaps, module(images.flip(-1)).float(), module.flip_index)
+                outputs = module.codec.merge_flip(outputs, module(images.flip(-1)), module.flip_index)
             with stage("decode"):
-                coords, scores = decode_heatmaps(heatmaps, module.input_size)
-                coords, kp_scores = to_image(coords, affine.float()).cpu().numpy(), scores.cpu().numpy()
+                coords, scores = module.codec.decode(outputs, module.input_size)
+                instance = module.codec.person_scores(batch["score"].to(device), scores.float()).cpu().numpy()
+                coords, kp_scores = to_image(coords.float(), affine.float()).cpu().numpy(), scores.float().cpu().numpy()
             with stage("records"):
-                instance = rescore(batch["score"].numpy(), kp_scores, module.hparams.score_threshold)
                 results += results_records(batch["image_id"].tolist(), coords, kp_scores, instance)
             instances += len(images)
     with stage("COCO scoring"):

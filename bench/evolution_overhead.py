@@ -23,6 +23,7 @@ everything else is overhead, split into:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from common import machine, run_search
 
@@ -46,9 +47,12 @@ def breakdown(total: float, start: float, individuals: list[dict]) -> list[tuple
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generations", type=int, default=1)
+    parser.add_argument("--sweep-dir", type=Path, help="a new directory to run the search in, kept")
     parser.add_argument("overrides", nargs="*", help="evolve.py overrides, e.g. population=8 epochs=3")
     args = parser.parse_args(argv)
-    shown, start, total, individuals = run_search([f"generations={args.generations}", *args.overrides])
+    if args.sweep_dir is not None and args.sweep_dir.exists():
+        parser.error(f"--sweep-dir {args.sweep_dir} exists: the search would resume in it")
+    shown, start, total, individuals = run_search([f"generations={args.generations}", *args.overrides], args.sweep_dir)
     parts = breakdown(total, start, individuals)
     overhead = total - parts[0][1]
     print(f"# evolution overhead on {machine()}")

@@ -1,9 +1,10 @@
-"""LightningDataModules: any COCO-format keypoint dataset, and the embedded synthetic one."""
+"""LightningDataModules: keypoint datasets in COCO's or MPII's format, and the embedded synthetic one
+(in either format)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,17 +12,29 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from evopose_pl.data.coco import KeypointInfo
+from evopose_pl.data.coco import CocoKeypoints, KeypointInfo
 from evopose_pl.data.crop_cache import ensure_crop_cache
-from evopose_pl.data.dataset import TopDownDataset
+from evopose_pl.data.dataset import KeypointAnnotations, TopDownDataset
+from evopose_pl.data.mpii import MpiiAnnotations
 from evopose_pl.data.synthetic import SyntheticConfig, ensure_synthetic
 from evopose_pl.data.transforms import Augmentation
+from evopose_pl.metrics import CocoKeypointAP, Metric, PCKh
+
+#: The annotation formats, and the metric each is scored with unless ``metric`` says otherwise.
+DEFAULT_METRICS: dict[str, Callable[[TopDownDataset], Metric]] = {"coco": CocoKeypointAP, "mpii": PCKh}
 
 
 class PoseDataModule(pl.LightningDataModule):
-    """Top-down COCO-format data: ground-truth boxes for training and validation, a detections
-    file (or ground-truth boxes when none is given) for testing. Relative paths are taken
-    relative to ``root``.
+    """Top-down keypoint data: ground-truth boxes for training and validation, a detections file (or
+    ground-truth boxes when none is given) for testing. Relative paths are taken relative to ``root``.
+
+    ``format`` is ``"coco"`` (COCO keypoint files) or ``"mpii"`` (the MPII json of the SimpleBaseline,
+    HRNet and mmpose tools, ``evopose_pl.data.mpii``): MPII is tested on its annotated people, with the
+    official ground truth ``head_boxes`` (``gt_valid.mat``) for the validation annotations, unless they
+    carry inline head boxes. ``metric`` builds the test metric from the test split
+    (``metric(test_dataset)``: a ``Metric`` class, a ``functools.partial``, Hydra's ``_partial_``); by
+    default COCO keypoint AP for COCO-format data and PCKh for MPII. ``box_threshold`` is the lowest
+    detection box score tested.
 
     ``crop_cache`` (a folder) serves training and validation from pre-decoded, memory-mapped
     crops (``evopose_pl.data.crop_cache``), which needs flip-only augmentation: the search-time
@@ -41,13 +54,29 @@ class PoseDataModule(pl.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 0,
         augmentation: Augmentation | Mapping | None = None,
-        score_threshold: float = 0.0,
+        box_threshold: float = 0.0,
         pin_memory: bool | None = None,
         seed: int = 0,
         root: str | os.PathLike | None = None,
         crop_cache: str | os.PathLike | None = None,
+        format: str = "coco",
+        head_boxes: str | os.PathLike | None = None,
+        metric: Callable[[Dataset], Metric] | None = None,
     ) -> None:
         super().__init__()
+        if format not in DEFAULT_METRICS:
+            raise ValueError(f"data.format={format!r}: must be one of {', '.join(map(repr, DEFAULT_METRICS))}")
+        if format != "mpii" and head_boxes is not None:
+            raise ValueError(f"data.head_boxes={head_boxes}: head boxes are MPII's (data.format=mpii), not {format}'s")
+        if format == "mpii" and test_detections is not None:
+            raise ValueError(
+                f"data.test_detections={test_detections}: MPII is tested on its annotated people (centre and scale), "
+                "not on a detector's boxes: set it to null"
+            )
+        if metric is not None and not callable(metric):
+            raise TypeError(f"data.metric must build a Metric from the test split (a class or partial), not {metric!r}")
+        self.format = format
+        self.metric = metric
 
         def under_root(path: str | os.PathLike | None) -> Path | None:
             return None if path is None else Path(root or "") / path
@@ -55,6 +84,7 @@ class PoseDataModule(pl.LightningDataModule):
         self.train_annotations, self.train_images = under_root(train_annotations), under_root(train_images)
         self.val_annotations, self.val_images = under_root(val_annotations), under_root(val_images)
         self.test_detections = under_root(test_detections)
+        self.head_boxes = under_root(head_boxes)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -65,7 +95,7 @@ class PoseDataModule(pl.LightningDataModule):
                 raise ValueError(f"data.augmentation: unknown fields {sorted(unknown)}")
             augmentation = Augmentation(**augmentation)
         self.augmentation = augmentation if augmentation is not None else Augmentation()
-        self.score_threshold = score_threshold
+        self.box_threshold = box_threshold
         self.pin_memory = pin_memory
         self.seed = seed
         self.crop_cache = None if crop_cache is None else Path(crop_cache)
@@ -79,7 +109,15 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: TopDownDataset | None = None
 
-    def _dataset(self, split: str, annotations, images, cached: bool = False, **kwargs) -> Dataset:
+    def read_annotations(
+        self, annotation_file: Path, images: Path, head_boxes: Path | None = None
+    ) -> KeypointAnnotations:
+        """An annotation file of the data's format, read."""
+        if self.format == "mpii":
+            return MpiiAnnotations(annotation_file, images, head_boxes)
+        return CocoKeypoints(annotation_file, images)
+
+    def _dataset(self, split: str, annotations: KeypointAnnotations, cached: bool = False, **kwargs) -> Dataset:
         """One split, its kept and skipped instances logged; served from the crop cache when ``cached``.
 
         A split served from a crop cache reads no image, so its images are checked only when the
@@ -87,7 +125,7 @@ class PoseDataModule(pl.LightningDataModule):
         """
         from_cache = cached and self.crop_cache is not None
         dataset = TopDownDataset(
-            annotations, images, self.input_size, seed=self.seed, check_images=not from_cache, **kwargs
+            annotations, input_size=self.input_size, seed=self.seed, check_images=not from_cache, **kwargs
         )
         rank_zero_info(f"{split}: {dataset.summary()}")
         if not from_cache:
@@ -103,25 +141,32 @@ class PoseDataModule(pl.LightningDataModule):
         if stage in (None, "fit") and self.train_set is None:
             if self.train_annotations is None:
                 raise ValueError("data.train_annotations is not set: training needs a training split")
-            self.train_set = self._dataset(
-                "train", self.train_annotations, self.train_images, cached=True, augmentation=self.augmentation
-            )
+            train = self.read_annotations(self.train_annotations, self.train_images)
+            self.train_set = self._dataset("train", train, cached=True, augmentation=self.augmentation)
         if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._dataset("val", self.val_annotations, self.val_images, cached=True)
+            val = self.read_annotations(self.val_annotations, self.val_images, self.head_boxes)
+            self.val_set = self._dataset("val", val, cached=True)
         if stage in (None, "test", "predict") and self.test_set is None:
+            test = self.read_annotations(self.val_annotations, self.val_images, self.head_boxes)
             self.test_set = self._dataset(
-                "test", self.val_annotations, self.val_images, detections=self.test_detections,
-                score_threshold=self.score_threshold,
-            )  # fmt: skip
+                "test", test, detections=self.test_detections, box_threshold=self.box_threshold
+            )
 
     @property
     def keypoint_info(self) -> KeypointInfo:
-        """The keypoint set of the data (from the validation annotations' person category)."""
+        """The keypoint set of the data (from the validation annotations)."""
         dataset = self.val_set or self.train_set or self.test_set
         if dataset is None:
             self.setup("validate")
             dataset = self.val_set
-        return dataset.coco.keypoint_info
+        return dataset.keypoint_info
+
+    def test_metric(self) -> Metric:
+        """The metric of the test split (set up on first use): ``metric`` when given, else the format's
+        default (COCO keypoint AP, or PCKh for MPII)."""
+        if self.test_set is None:
+            self.setup("test")
+        return (self.metric or DEFAULT_METRICS[self.format])(self.test_set)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         pin_memory = self.pin_memory
@@ -150,21 +195,33 @@ class PoseDataModule(pl.LightningDataModule):
 class SyntheticDataModule(PoseDataModule):
     """The embedded synthetic dataset, generated under ``cache_dir`` on first use and reused.
 
+    ``format="coco"`` reads its COCO files (17 keypoints; tested on its jittered detections),
+    ``format="mpii"`` its MPII files (16 joints, inline head boxes; tested on the annotated people
+    with PCKh): the same images and people.
+
     It is generated on construction rather than in ``prepare_data`` because the keypoint set
     (read from its files) decides the network's output channels before a Trainer exists;
     generation is cached and atomic, so concurrent ranks are safe.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, synthetic: SyntheticConfig | Mapping | None = None, **kwargs):
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        synthetic: SyntheticConfig | Mapping | None = None,
+        format: str = "coco",
+        **kwargs,
+    ):
         self.synthetic = (
             SyntheticConfig(**synthetic) if isinstance(synthetic, Mapping) else synthetic or SyntheticConfig()
         )
         self.paths = ensure_synthetic(cache_dir, self.synthetic)
+        mpii = format == "mpii"
         super().__init__(
-            train_annotations=self.paths.train_annotations,
+            train_annotations=self.paths.mpii_train_annotations if mpii else self.paths.train_annotations,
             train_images=self.paths.images("train"),
-            val_annotations=self.paths.val_annotations,
+            val_annotations=self.paths.mpii_val_annotations if mpii else self.paths.val_annotations,
             val_images=self.paths.images("val"),
-            test_detections=self.paths.val_detections,
+            test_detections=None if mpii else self.paths.val_detections,
+            format=format,
             **kwargs,
         )

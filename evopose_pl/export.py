@@ -3,12 +3,16 @@
     python -m evopose_pl.export ckpt=best.ckpt format=onnx [output=model.onnx] [opset=17]
 
 The ONNX model takes ``images``: float32 RGB crops (N, 3, H, W) at the checkpoint's input size,
-values 0-255 (the ImageNet normalisation is inside), and returns ``heatmaps`` (N, K, H', W').
-The batch dimension is dynamic. Needs the extra: ``pip install -e ".[onnx]"``.
+values 0-255 (the ImageNet normalisation is inside), and returns the network's outputs by the names
+its codec knows them by (``heatmaps`` (N, K, H', W') for heatmap networks). The batch dimension is
+dynamic. The model's metadata carries the codec and the keypoint set (``codec``, ``keypoint_names``,
+``skeleton``, ``flip_index``, JSON), so a runtime can decode without the checkpoint. Needs the extra:
+``pip install -e ".[onnx]"``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -18,21 +22,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from evopose_pl.codecs import named_outputs
 from evopose_pl.module import PoseModule
 from evopose_pl.predict import load_pose_module, parse_overrides
 
 FORMATS = ("onnx",)
 
 
-class _Heatmaps(nn.Module):
-    """The exported graph: normalisation and network, no flip test or decoding."""
+class _Outputs(nn.Module):
+    """The exported graph: normalisation and network, its outputs as a tuple; no flip test or decoding."""
 
     def __init__(self, module: PoseModule) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(images)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(named_outputs(self.module(images)).values())
 
 
 def export_onnx(module: PoseModule, output: str | os.PathLike, opset: int = 17) -> Path:
@@ -41,21 +46,43 @@ def export_onnx(module: PoseModule, output: str | os.PathLike, opset: int = 17) 
     output.parent.mkdir(parents=True, exist_ok=True)
     height, width = module.input_size
     example = torch.rand(2, 3, height, width) * 255
+    graph = _Outputs(module.cpu().eval())
+    with torch.no_grad():
+        names = list(named_outputs(module(example)))
     # The TorchScript exporter: torch.export (dynamo=True) resolves parameters by attribute, and the
     # decoder's ``modules`` layer name is shadowed by nn.Module.modules(), the method.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         torch.onnx.export(
-            _Heatmaps(module.cpu().eval()),
+            graph,
             (example,),
             output,
             dynamo=False,
             opset_version=opset,
             input_names=["images"],
-            output_names=["heatmaps"],
-            dynamic_axes={"images": {0: "batch"}, "heatmaps": {0: "batch"}},
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
         )
+    describe_model(output, module)
     return output
+
+
+def describe_model(path: Path, module: PoseModule) -> None:
+    """Write the codec and the keypoint set into the ONNX model's metadata."""
+    import onnx
+
+    model = onnx.load(str(path))
+    info = module.keypoint_info
+    entries = {
+        "codec": module.codec.describe(),
+        "keypoint_names": list(info.names),
+        "skeleton": [list(pair) for pair in info.skeleton],
+        "flip_index": list(info.flip_index),
+    }
+    del model.metadata_props[:]
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(model, str(path))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -76,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     export_onnx(module, output, int(values.get("opset", 17)))
     print(f"Wrote {output}: input 'images' (N, 3, {module.input_size[0]}, {module.input_size[1]}) float32 0-255,"
-          f" output 'heatmaps' (N, {module.net.num_keypoints}, ...)")  # fmt: skip
+          f" {module.codec.name} outputs for {len(module.keypoint_info.names)} keypoints")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,21 +1,26 @@
-"""The LightningModule: any pose network, the masked-MSE heatmap loss, the reference optimiser
-and schedule, validation loss on ground-truth boxes, and the COCO test protocol (SPEC 5, 7, 8)."""
+"""The LightningModule: composes a pose system's parts (network, codec, recipe) and the test metric
+the data module chooses, and keeps only what every system shares: normalisation, memory format,
+logging, the validation and test loops, and checkpoints that describe themselves."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from evopose_pl.data.heatmaps import decode_heatmaps, masked_mse, merge_flipped, render_heatmaps, to_image
-from evopose_pl.evaluation import STAT_NAMES, evaluate_coco, rescore, results_records
+from evopose_pl.codecs import Codec, HeatmapCodec, codec_from_description
+from evopose_pl.data.coco import KeypointInfo
+from evopose_pl.data.heatmaps import to_image
+from evopose_pl.metrics import CocoKeypointAP, Metric
 from evopose_pl.nets import count_flops, count_parameters, describe
+from evopose_pl.recipes import Recipe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,78 +55,46 @@ def default_precision(accelerator: str, input_size: Sequence[int]) -> str:
     return "32-true"
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, warmup_factor: float) -> float:
-    """Learning-rate multiplier: linear from ``warmup_factor`` to 1 over the warm-up, then cosine to 0."""
-    step = min(step, total_steps)
-    if step < warmup_steps:
-        return warmup_factor + (1 - warmup_factor) * step / warmup_steps
-    done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * done))
-
-
-def l2_parameters(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(decayed, not decayed): the reference regularises convolution and dense kernels, not
-    depthwise kernels (Keras' DepthwiseConv2D ignored its kernel_regularizer), BN or biases."""
-    decayed, other = [], []
-    for module in net.modules():
-        for name, param in module.named_parameters(recurse=False):
-            depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
-            if name == "weight" and isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and not depthwise:
-                decayed.append(param)
-            else:
-                other.append(param)
-    return decayed, other
-
-
 class PoseModule(pl.LightningModule):
-    """Train and evaluate a heatmap pose network.
+    """Train and evaluate a pose network through its codec and recipe.
 
-    ``lr`` is the base rate for a global batch of 32; with ``scale_lr`` it becomes
-    ``lr * global_batch / 32`` (global batch = ``batch_size`` x devices x accumulation), reached
-    by a linear warm-up from ``lr`` over ``warmup_epochs``, then a cosine decay to 0 per step.
-    ``l2`` is the reference's ``l2 * sum(w^2)`` added to the loss, applied as Adam's
-    ``weight_decay = 2 * l2`` (the gradient of ``l2 * w^2`` is ``2 * l2 * w``).
+    ``input_size`` (height, width) is the size of the images the network is fed; ``batch_size`` the
+    per-device batch (recipes scale their rates by the global batch). ``channels_last`` keeps the
+    network's weights and activations in NHWC memory, which convolutions run faster in
+    (``bench/model_speed.py``). ``recipe`` may be None for a module that only predicts.
 
-    ``channels_last`` keeps the network's weights and activations in NHWC memory, which the
-    convolutions run faster in (``bench/model_speed.py``).
-
+    The test loop decodes (with the flip test when ``flip_test``), maps keypoints back to the image
+    and feeds the metric of the data module (``test_metric()``; COCO AP when it has none).
     Checkpoints carry what inference needs without the configs: the network's description
-    (``checkpoint["net"]``), the input size and the keypoint set (names, flip pairs, skeleton).
+    (``checkpoint["net"]``), the codec (``"codec"``), the keypoint set (``"keypoints"``: names and
+    skeleton; flip pairs follow from the names) and the input size (``hyper_parameters``).
     """
 
     def __init__(
         self,
         net: nn.Module,
+        codec: Codec,
+        recipe: Recipe | None,
+        keypoints: KeypointInfo,
         input_size: Sequence[int],
-        batch_size: int,
-        flip_index: Sequence[int],
-        lr: float = 2.5e-4,
-        scale_lr: bool = True,
-        warmup_epochs: float = 5.0,
-        l2: float = 1e-5,
-        sigma: float | None = None,
+        batch_size: int = 32,
         flip_test: bool = True,
-        score_threshold: float = 0.2,
-        results_dir: str | os.PathLike | None = None,
-        keypoint_names: Sequence[str] | None = None,
-        skeleton: Sequence[Sequence[int]] | None = None,
         channels_last: bool = True,
+        results_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
-        if keypoint_names is not None:
-            self.hparams.keypoint_names = [str(n) for n in keypoint_names]
-        if skeleton is not None:
-            self.hparams.skeleton = [[int(a), int(b)] for a, b in skeleton]
+        self.save_hyperparameters(ignore=["net", "codec", "recipe", "keypoints"])
+        self.hparams.input_size = [int(s) for s in input_size]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(memory_format=self.memory_format)
+        self.codec, self.recipe, self.keypoint_info = codec, recipe, keypoints
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.flip_index = [int(i) for i in flip_index]
+        self.flip_index = list(keypoints.flip_index)
         self.register_buffer("mean", 255 * torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", 255 * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.best_val_loss = math.inf
-        self._val_losses: list[torch.Tensor] = []
-        self._results: list[dict] = []
+        self.metric: Metric | None = None
+        self._records: list[dict] = []
         self.test_metrics: dict[str, float] = {}
         self.size: dict[str, int] = {}  # parameters and FLOPs, measured when fitting starts
 
@@ -129,13 +102,24 @@ class PoseModule(pl.LightningModule):
         """uint8 RGB -> ImageNet-normalised float, on the device."""
         return ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> Any:
         return self.net(self.normalise(images))
 
-    def _loss(self, batch: dict) -> torch.Tensor:
-        heatmaps = self(batch["image"])
-        target, visible = render_heatmaps(batch["keypoints"], self.input_size, heatmaps.shape[-2:], self.hparams.sigma)
-        return masked_mse(heatmaps, target, visible)
+    def _losses(self, batch: dict, stage: str) -> torch.Tensor:
+        """The codec's losses for a batch, logged as ``<stage>/loss`` and, for several outputs, by output name."""
+        losses = self.codec.loss(self(batch["image"]), batch["keypoints"], self.input_size)
+        loss = losses.pop("loss")
+        if stage == "train" and not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at epoch {self.current_epoch}")
+        on_step, batch_size = stage == "train", len(batch["image"])
+        sync = stage != "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size,
+                 sync_dist=sync)  # fmt: skip
+        if len(losses) > 1:
+            for name, value in losses.items():
+                self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size,
+                         sync_dist=sync)  # fmt: skip
+        return loss
 
     def on_fit_start(self) -> None:
         params = count_parameters(self.net)
@@ -154,15 +138,10 @@ class PoseModule(pl.LightningModule):
             dataset.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at epoch {self.current_epoch}, step {batch_idx}")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
-        return loss
+        return self._losses(batch, "train")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss = self._loss(batch)
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, batch_size=len(batch["image"]), sync_dist=True)
+        self._losses(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -175,62 +154,72 @@ class PoseModule(pl.LightningModule):
     def keypoints(self, images: torch.Tensor, affine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keypoints in image pixels (N, K, 2) and their scores (N, K) for uint8 crops and their
         image -> crop affines: the flip test when on, decoding, then the inverse crop."""
-        heatmaps = self(images).float()
+        outputs = self(images)
         if self.hparams.flip_test:
-            heatmaps = merge_flipped(heatmaps, self(images.flip(-1)).float(), self.flip_index)
-        coords, scores = decode_heatmaps(heatmaps, self.input_size)
-        return to_image(coords, affine.float()), scores
+            outputs = self.codec.merge_flip(outputs, self(images.flip(-1)), self.flip_index)
+        coords, scores = self.codec.decode(outputs, self.input_size)
+        return to_image(coords.float(), affine.float()), scores.float()
+
+    def on_test_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "test_metric"):
+            self.metric = datamodule.test_metric()
+        else:  # test dataloaders without a data module: COCO-format data
+            self.metric = CocoKeypointAP(self.trainer.test_dataloaders.dataset)
+        self._records = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         coords, scores = self.keypoints(batch["image"], batch["affine"])
-        kp_scores = scores.cpu().numpy()
-        box_scores = batch["score"].float().cpu().numpy()
-        instance = rescore(box_scores, kp_scores, self.hparams.score_threshold)
-        ids = batch["image_id"].tolist() if torch.is_tensor(batch["image_id"]) else list(batch["image_id"])
-        self._results.extend(results_records(ids, coords.cpu().numpy(), kp_scores, instance))
-
-    def on_test_epoch_start(self) -> None:
-        self._results = []
+        people = self.codec.person_scores(batch["score"].to(scores.device), scores)
+        self._records.extend(
+            self.metric.records(batch, coords.cpu().numpy(), scores.cpu().numpy(), people.cpu().numpy())
+        )
 
     def on_test_epoch_end(self) -> None:
-        results = self._results
+        records = self._records
         if self.trainer.world_size > 1:
             gathered = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, results)
-            results = [r for part in gathered for r in part]
-        dataset = self.trainer.test_dataloaders.dataset
-        out = Path(self.hparams.results_dir or self.trainer.default_root_dir) / "keypoints_results.json"
-        self.test_metrics = evaluate_coco(
-            dataset.annotation_file, results, out if self.trainer.is_global_zero else None
-        )
-        for name in STAT_NAMES:
-            self.log(f"test/{name}", self.test_metrics[name], rank_zero_only=True)
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        out = Path(self.hparams.results_dir or self.trainer.default_root_dir)
+        self.test_metrics = self.metric.compute(records, out if self.trainer.is_global_zero else None)
+        for name, value in self.test_metrics.items():
+            self.log(f"test/{name}", value, rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["codec"] = self.codec.describe()
+        checkpoint["keypoints"] = {
+            "names": list(self.keypoint_info.names),
+            "skeleton": [list(pair) for pair in self.keypoint_info.skeleton],
+        }
+        if self.recipe is not None:
+            checkpoint["recipe"] = self.recipe.describe()
         try:
             checkpoint["net"] = describe(self.net)
         except TypeError:  # a network of the user's own: checkpoints hold its weights only
             pass
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        accumulate = self.trainer.accumulate_grad_batches
-        global_batch = hp.batch_size * self.trainer.world_size * accumulate
-        peak = hp.lr * global_batch / 32 if hp.scale_lr else hp.lr
-        decayed, other = l2_parameters(self.net)
-        # The fused kernel (CPU and CUDA) steps all tensors at once: about 4x faster than one by one on the CPU.
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in self.net.parameters())
-        optimiser = torch.optim.Adam(
-            [{"params": decayed, "weight_decay": 2 * hp.l2}, {"params": other, "weight_decay": 0.0}],
-            lr=peak,
-            fused=fused or None,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(hp.warmup_epochs * total / epochs))
-        factor = 32 / global_batch if hp.scale_lr else 1.0  # the warm-up starts at the base rate
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, total, warmup, factor))
-        rank_zero_info(
-            f"Adam: peak rate {peak:.3g} (global batch {global_batch}), warm-up {warmup} of {total} steps, cosine to 0"
-        )
-        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def configure_optimizers(self) -> Any:
+        if self.recipe is None:
+            raise ValueError("this PoseModule has no recipe (it was rebuilt for inference): it cannot be trained")
+        return self.recipe.configure(self.net, self.trainer, self.hparams.batch_size)
+
+
+def keypoint_set(checkpoint: Mapping[str, Any]) -> KeypointInfo:
+    """The keypoint set a checkpoint describes (older checkpoints kept it among the hyperparameters)."""
+    entry = checkpoint.get("keypoints")
+    if entry is None:
+        hparams = checkpoint.get("hyper_parameters", {})
+        entry = {"names": hparams.get("keypoint_names"), "skeleton": hparams.get("skeleton") or ()}
+    if not entry.get("names"):
+        raise ValueError("the checkpoint does not name its keypoints")
+    return KeypointInfo(
+        tuple(str(n) for n in entry["names"]), tuple(tuple(int(i) for i in p) for p in entry["skeleton"])
+    )
+
+
+def checkpoint_codec(checkpoint: Mapping[str, Any]) -> Codec:
+    """The codec a checkpoint describes (older checkpoints: the heatmap codec with their ``sigma``)."""
+    if "codec" in checkpoint:
+        return codec_from_description(checkpoint["codec"])
+    return HeatmapCodec(checkpoint.get("hyper_parameters", {}).get("sigma"))

@@ -1,10 +1,11 @@
 """Pose estimation on your images with a trained checkpoint.
 
     python -m evopose_pl.predict ckpt=best.ckpt images=photos/ [detections=boxes.json] [output=predictions]
-                                 [flip_test=true] [device=cpu|cuda] [score_threshold=0.0] [batch_size=32]
+                                 [flip_test=true] [device=cpu|cuda] [box_threshold=0.0] [batch_size=32]
 
 People are cropped from the detections file's boxes (COCO results format; an image's id is its
-file name's number, as in COCO: ``000000397133.jpg`` is 397133), or the whole image is one box.
+file name's number, as in COCO: ``000000397133.jpg`` is 397133), or from an MPII annotation file's
+people (centre and scale, as MPII is evaluated), or the whole image is one box.
 Writes ``keypoints_results.json`` (COCO results format) and each image with the skeleton and the
 keypoint scores drawn. The network, its input size and its keypoint set (names, flip pairs,
 skeleton) come from the checkpoint, so COCO, MPII or any COCO-format keypoint set works.
@@ -25,29 +26,37 @@ import torch
 
 from evopose_pl.checkpoint import CheckpointError, checkpoint_label, first_sentence, load_checkpoint
 from evopose_pl.data.coco import read_detections
+from evopose_pl.data.mpii import MpiiAnnotations
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix, warp
-from evopose_pl.evaluation import rescore, results_records
-from evopose_pl.module import PoseModule
+from evopose_pl.evaluation import results_records
+from evopose_pl.files import read_json
+from evopose_pl.module import PoseModule, checkpoint_codec, keypoint_set
 from evopose_pl.nets import from_description
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RESULTS_FILE = "keypoints_results.json"
-KEYPOINT_THRESHOLD = 0.2  # drawn (and counted in the instance score) above this heatmap peak / 255
 
 
 def load_pose_module(ckpt: str | os.PathLike, device: str = "cpu", flip_test: bool = True) -> PoseModule:
-    """A PoseModule rebuilt from a checkpoint of train.py or evolve.py alone (no config files)."""
+    """A PoseModule rebuilt from a checkpoint of train.py or evolve.py alone (no config files): its
+    network, codec, keypoint set and input size come from the checkpoint; it predicts, it does not train."""
     label = checkpoint_label("ckpt=", ckpt)
     checkpoint = load_checkpoint(ckpt, "ckpt=")
     if not isinstance(checkpoint, dict) or "net" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"{label}: not a checkpoint of train.py or evolve.py (it lacks the network description)")
     try:
-        net = from_description(checkpoint["net"])
-        hparams = dict(checkpoint.get("hyper_parameters", {}))
-        hparams.update(flip_test=flip_test, results_dir=None)
-        module = PoseModule(net=net, **hparams)
+        hparams = checkpoint.get("hyper_parameters", {})
+        module = PoseModule(
+            net=from_description(checkpoint["net"]),
+            codec=checkpoint_codec(checkpoint),
+            recipe=None,
+            keypoints=keypoint_set(checkpoint),
+            input_size=hparams["input_size"],
+            flip_test=flip_test,
+            channels_last=hparams.get("channels_last", True),
+        )
         module.load_state_dict(checkpoint["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as error:  # a foreign or damaged checkpoint
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a foreign or damaged checkpoint
         raise CheckpointError(f"{label}: its network cannot be rebuilt from it ({first_sentence(error)})") from None
     return module.to(device).eval()
 
@@ -95,15 +104,18 @@ def predict_image(
             affines.append(matrix.astype(np.float32))
         images = torch.from_numpy(np.stack(crops)).to(module.device)
         coords, scores = module.keypoints(images, torch.from_numpy(np.stack(affines)).to(module.device))
-        coords, scores = coords.cpu().numpy(), scores.cpu().numpy()
-        instance = rescore(np.array([s for _, s in chunk], np.float32), scores, KEYPOINT_THRESHOLD)
+        instance = module.codec.person_scores(torch.tensor([s for _, s in chunk], device=scores.device), scores)
+        coords, scores, instance = coords.cpu().numpy(), scores.cpu().numpy(), instance.cpu().numpy()
         for (box, box_score), xy, kp, score in zip(chunk, coords, scores, instance):
             people.append(Person(box, box_score, xy, kp, float(score)))
     return people
 
 
-def render(image: np.ndarray, people: Sequence[Person], skeleton: Sequence[Sequence[int]]) -> np.ndarray:
-    """The image with each person's box, skeleton, keypoints and keypoint scores."""
+def render(
+    image: np.ndarray, people: Sequence[Person], skeleton: Sequence[Sequence[int]], keypoint_threshold: float
+) -> np.ndarray:
+    """The image with each person's box, and the skeleton, keypoints and scores of the keypoints
+    scoring above ``keypoint_threshold``."""
     canvas = image.copy()
     scale = max(1.0, max(image.shape[:2]) / 640)
     thick, radius, font = max(1, round(2 * scale)), max(2, round(3 * scale)), 0.35 * scale
@@ -112,7 +124,7 @@ def render(image: np.ndarray, people: Sequence[Person], skeleton: Sequence[Seque
         x, y, w, h = (int(round(v)) for v in person.box)
         cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, 1)
         cv2.putText(canvas, f"{person.score:.2f}", (x, max(0, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, font * 1.3, colour, 1)
-        visible = person.scores > KEYPOINT_THRESHOLD
+        visible = person.scores > keypoint_threshold
         points = [tuple(int(round(c)) for c in p) for p in person.keypoints]
         for a, b in skeleton:
             if a < len(points) and b < len(points) and visible[a] and visible[b]:
@@ -131,6 +143,24 @@ def _colour(n: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in cv2.cvtColor(hue, cv2.COLOR_HSV2BGR)[0, 0])
 
 
+def read_boxes(
+    detections: str | os.PathLike, images: str | os.PathLike, box_threshold: float, ids: dict[int, Path]
+) -> dict[int, list[tuple[tuple[float, float, float, float], float]]]:
+    """(box, score) of each person by image id: from a detections file (COCO results format), or from an
+    MPII annotation file (each person's centre and scale make its box, as in MPII's evaluation)."""
+    boxes: dict[int, list] = {}
+    records = read_json(Path(detections))
+    if isinstance(records, list) and records and isinstance(records[0], dict) and "center" in records[0]:
+        by_name = {path.name: id_ for id_, path in ids.items()}
+        for person in MpiiAnnotations(detections, images).instances:
+            if person.image_path.name in by_name:
+                boxes.setdefault(by_name[person.image_path.name], []).append((person.box, 1.0))
+        return boxes
+    for det in read_detections(detections, box_threshold):
+        boxes.setdefault(det.image_id, []).append((det.box, det.score))
+    return boxes
+
+
 def run(
     ckpt: str | os.PathLike,
     images: str | os.PathLike,
@@ -138,21 +168,19 @@ def run(
     output: str | os.PathLike = "predictions",
     flip_test: bool = True,
     device: str | None = None,
-    score_threshold: float = 0.0,
+    box_threshold: float = 0.0,
     batch_size: int = 32,
 ) -> Path:
-    """Predict every image; returns the results file."""
+    """Predict every image; returns the results file. Keypoints are drawn above the checkpoint's codec's
+    keypoint threshold; detections below ``box_threshold`` are left out."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     module = load_pose_module(ckpt, device, flip_test)
     paths = find_images(images)
     ids = {image_id(p, i): p for i, p in enumerate(paths)}
-    boxes: dict[int, list] = {}
-    if detections is not None:
-        for det in read_detections(detections, score_threshold):
-            boxes.setdefault(det.image_id, []).append((det.box, det.score))
+    boxes = {} if detections is None else read_boxes(detections, images, box_threshold, ids)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    skeleton = module.hparams.get("skeleton") or []
+    skeleton = module.keypoint_info.skeleton
     results = []
     for id_, path in ids.items():
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -168,7 +196,7 @@ def run(
                 np.stack([p.scores for p in people]),
                 np.array([p.score for p in people]),
             )
-        cv2.imwrite(str(out / f"{path.stem}.jpg"), render(image, people, skeleton))
+        cv2.imwrite(str(out / f"{path.stem}.jpg"), render(image, people, skeleton, module.codec.keypoint_threshold))
         print(f"{path.name}: {len(people)} people")
     results_file = out / RESULTS_FILE
     results_file.write_text(json.dumps(results))
@@ -201,7 +229,7 @@ def parse_overrides(argv: Sequence[str], defaults: dict[str, object]) -> dict[st
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     defaults = {"ckpt": "", "images": "", "detections": "", "output": "predictions", "flip_test": True,
-                "device": "", "score_threshold": 0.0, "batch_size": 32}  # fmt: skip
+                "device": "", "box_threshold": 0.0, "batch_size": 32}  # fmt: skip
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return

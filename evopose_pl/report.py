@@ -211,8 +211,9 @@ def _atomic_plot(plot, state: SearchState, path: Path) -> Path:
 
 
 class SearchRun:
-    """The driver's W&B run: per generation, the best and median fitness, and a table of all
-    individuals with scatter plots of validation loss and fitness against parameters.
+    """The driver's W&B run: per finished child, the fitness the driver gave it with its validation
+    loss and size (``individual/*``, by individual id); per generation, the best and median fitness,
+    and a table of all individuals with scatter plots of validation loss and fitness against parameters.
 
     Created with ``reinit="create_new"`` so that it never becomes the process's global run:
     children trained in this process (the basic launcher) open their own runs beside it.
@@ -239,7 +240,27 @@ class SearchRun:
         )
         self.run.define_metric("search/generation")
         self.run.define_metric("search/*", step_metric="search/generation")
+        self.run.define_metric("individual/id")
+        self.run.define_metric("individual/*", step_metric="individual/id")
         self.offline = offline
+
+    def log_individual(self, ind: Individual) -> None:
+        """A child the driver recorded: its fitness, validation loss, parameters and FLOPs, or that it failed."""
+        metrics: dict[str, Any] = {
+            "individual/id": ind.id,
+            "individual/generation": ind.generation,
+            "individual/failed": int(ind.status != COMPLETED),
+        }
+        if ind.status == COMPLETED:
+            metrics.update(
+                {
+                    "individual/fitness": ind.fitness,
+                    "individual/val_loss": ind.val_loss,
+                    "individual/params": ind.params,
+                    "individual/flops": ind.flops,
+                }
+            )
+        self.run.log(metrics)
 
     def log_generation(self, state: SearchState, summary: dict[str, Any]) -> None:
         import wandb

@@ -19,8 +19,6 @@ from evopose_pl.nets import EvoPoseNet, build_model
 from evopose_pl.predict import load_pose_module
 from evopose_pl.transfer import transfer_weights
 
-from .conftest import ROOT, TINY_TRAIN
-
 
 class Payload:
     """Unpickles into a call of ``open(marker, "w")``: harmless, and visible."""
@@ -57,12 +55,12 @@ def _run(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_predict_and_export_refuse_a_payload(payload, tmp_path, coco_sample):
+def test_predict_and_export_refuse_a_payload(payload, tmp_path, coco_sample, root):
     path, marker = payload
     predicted = _run("-m", "evopose_pl.predict", f"ckpt={path}", f"images={coco_sample}", f"output={tmp_path}/p",
-                     cwd=ROOT, home=tmp_path)  # fmt: skip
+                     cwd=root, home=tmp_path)  # fmt: skip
     _refused_in_one_line(predicted, path, marker)
-    exported = _run("-m", "evopose_pl.export", f"ckpt={path}", f"output={tmp_path}/m.onnx", cwd=ROOT, home=tmp_path)
+    exported = _run("-m", "evopose_pl.export", f"ckpt={path}", f"output={tmp_path}/m.onnx", cwd=root, home=tmp_path)
     _refused_in_one_line(exported, path, marker)
     assert not (tmp_path / "m.onnx").exists()
 
@@ -77,24 +75,24 @@ def test_predict_and_export_refuse_a_payload(payload, tmp_path, coco_sample):
     ],
     ids=["test-only", "resume", "weight-transfer", "pretrained"],
 )
-def test_train_refuses_a_payload_on_every_loading_path(payload, tmp_path, overrides):
+def test_train_refuses_a_payload_on_every_loading_path(payload, tmp_path, overrides, root, tiny_train):
     path, marker = payload
     result = _run(
-        str(ROOT / "train.py"), *TINY_TRAIN, "logger=none", f"paths.log_dir={tmp_path}/outputs",
+        str(root / "train.py"), *tiny_train, "logger=none", f"paths.log_dir={tmp_path}/outputs",
         *(o.format(ckpt=path) for o in overrides),
         cwd=tmp_path, home=tmp_path,
     )  # fmt: skip
     _refused_in_one_line(result, path, marker)
 
 
-def test_our_own_checkpoints_load_and_resume_safely(trained_checkpoint, tmp_path):
+def test_our_own_checkpoints_load_and_resume_safely(trained_checkpoint, tmp_path, root, tiny_train):
     """Nothing in a train.py checkpoint needs more than the weights-only unpickler, resuming included."""
     loaded = load_checkpoint(trained_checkpoint)
     assert {"state_dict", "net", "hyper_parameters", "optimizer_states", "loops"} <= set(loaded)
     assert load_pose_module(trained_checkpoint).input_size == (64, 48)
     last = trained_checkpoint.with_name("last.ckpt")
     result = _run(
-        str(ROOT / "train.py"), *TINY_TRAIN, "logger=none", f"paths.log_dir={tmp_path}/outputs",
+        str(root / "train.py"), *tiny_train, "logger=none", f"paths.log_dir={tmp_path}/outputs",
         f"ckpt_path={last}", "trainer.max_epochs=2", "test=false",
         cwd=tmp_path, home=tmp_path,
     )  # fmt: skip
@@ -102,18 +100,15 @@ def test_our_own_checkpoints_load_and_resume_safely(trained_checkpoint, tmp_path
     assert "Restoring states from the checkpoint path" in result.stdout + result.stderr
 
 
-def test_library_loaders_refuse_a_payload(payload):
+def test_library_loaders_refuse_a_payload(payload, test_genotype):
     path, marker = payload
     with pytest.raises(CheckpointError, match=rf"ckpt={path}: refused, it asks to call \S*open"):
         load_pose_module(path)
     with pytest.raises(CheckpointError, match=rf"parent checkpoint {path}: refused"):
-        transfer_weights(path, EvoPoseNet(TINY_GENOTYPE, num_keypoints=17))
+        transfer_weights(path, EvoPoseNet(test_genotype, num_keypoints=17))
     with pytest.raises(CheckpointError, match=rf"model.pretrained={path}: refused"):
         build_model("evopose2d_xs", pretrained=path)
     assert not marker.exists()
-
-
-TINY_GENOTYPE = "k3r1c1s1-k3r1c2s2-k3r1c3s2-k3r1c4s2-k3r1c6s1-k3r1c8s1-k3r1c8s1"
 
 
 def _torch_file(data: object) -> bytes:

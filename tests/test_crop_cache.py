@@ -9,20 +9,23 @@ import multiprocessing
 import shutil
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from scipy.io import savemat
 from torch.utils.data import DataLoader
 
-from evopose_pl.data import Augmentation, TopDownDataset
+from evopose_pl.codecs import HeatmapCodec
+from evopose_pl.data import Augmentation, MpiiAnnotations, TopDownDataset
 from evopose_pl.data.crop_cache import CachedCrops, ensure_crop_cache
 from evopose_pl.data.synthetic import SyntheticConfig, ensure_synthetic
 from evopose_pl.datamodule import PoseDataModule
 from evopose_pl.module import PoseModule
 from evopose_pl.nets import EvoPoseNet
+from evopose_pl.recipes import AdamWarmupCosine
 
 INPUT = (64, 48)
 SEARCH = Augmentation.search()
-SMALL = "k3r1c1s1-k3r1c2s2-k3r1c3s2-k3r1c4s2-k3r1c6s1-k3r1c8s1-k3r1c8s1"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def _assert_same_samples(decoded: TopDownDataset, cached: CachedCrops) -> int:
         assert torch.equal(a["keypoints"][:, 2], b["keypoints"][:, 2]), i
         torch.testing.assert_close(a["keypoints"], b["keypoints"], atol=1e-3, rtol=0)
         torch.testing.assert_close(a["affine"], b["affine"], atol=1e-4, rtol=0)
-        assert a["image_id"] == b["image_id"] and a["score"] == b["score"]
+        assert a["image_id"] == b["image_id"] and a["score"] == b["score"] and a["index"] == b["index"] == i
         flipped += bool(b["affine"][0, 0] < 0)
     return flipped
 
@@ -114,7 +117,7 @@ def test_concurrent_children_share_one_build(synthetic, tmp_path):
     _assert_same_samples(dataset, CachedCrops(dataset, roots[0]))
 
 
-def test_an_epoch_with_the_cache_reads_no_jpeg(synthetic, tmp_path):
+def test_an_epoch_with_the_cache_reads_no_jpeg(synthetic, tmp_path, test_genotype):
     images = tmp_path / "images"
     shutil.copytree(synthetic.root / "images", images)
 
@@ -122,7 +125,8 @@ def test_an_epoch_with_the_cache_reads_no_jpeg(synthetic, tmp_path):
         data = PoseDataModule(synthetic.train_annotations, images / "train", synthetic.val_annotations,
                               images / "val", input_size=INPUT, batch_size=8, num_workers=1,
                               augmentation=SEARCH, crop_cache=cache)  # fmt: skip
-        module = PoseModule(EvoPoseNet(SMALL, num_keypoints=17), INPUT, 8, data.keypoint_info.flip_index)
+        net = EvoPoseNet(test_genotype, num_keypoints=17)
+        module = PoseModule(net, HeatmapCodec(), AdamWarmupCosine(), data.keypoint_info, INPUT, batch_size=8)
         trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
         trainer.fit(module, data)
@@ -159,3 +163,35 @@ def test_a_cache_that_does_not_fit_its_dataset_is_named(synthetic, tmp_path):
     small = ensure_crop_cache(_dataset(synthetic.val_annotations, synthetic.images("val"), (32, 24)), tmp_path)
     with pytest.raises(ValueError, match=rf"crop cache {small.root} holds crops .* delete the folder"):
         CachedCrops(_dataset(synthetic.val_annotations, synthetic.images("val")), small.root)
+
+
+def test_cached_mpii_samples_equal_decoded_ones(synthetic, tmp_path):
+    """MPII's boxes, 16 joints and flip pairs go through the cache as COCO's do; samples keep their index."""
+    annotations = MpiiAnnotations(synthetic.mpii_train_annotations, synthetic.images("train"))
+    decoded = TopDownDataset(annotations, input_size=(64, 64), augmentation=SEARCH, seed=5)
+    cached = ensure_crop_cache(decoded, tmp_path)
+    assert cached.keypoint_info.num_keypoints == 16 and cached.instances is decoded.instances
+    assert 0 < _assert_same_samples(decoded, cached) < len(decoded)
+    assert [cached[i]["index"] for i in range(len(cached))] == list(range(len(cached)))
+
+
+def test_the_cache_follows_the_official_ground_truth_it_was_built_with(mpii_sample, tmp_path):
+    """With gt_valid.mat the joints are the file's: another file is another cache."""
+    records = json.loads((mpii_sample / "test_mpii.json").read_text())
+    joints = np.array([r["joints"] for r in records], dtype=np.float64)
+    boxes = np.stack([joints[:, 8], joints[:, 9]], axis=1)  # a box with upper_neck and head_top as corners
+
+    def official(name: str, shift: float):
+        savemat(tmp_path / name, {"headboxes_src": boxes.transpose(1, 2, 0),
+                                  "pos_gt_src": (joints + shift).transpose(1, 2, 0),
+                                  "jnt_missing": 1 - np.array([r["joints_vis"] for r in records]).T})  # fmt: skip
+        annotations = MpiiAnnotations(mpii_sample / "test_mpii.json", mpii_sample, head_boxes=tmp_path / name)
+        return TopDownDataset(annotations, input_size=(64, 64))
+
+    first, second = official("a.mat", 0.0), official("b.mat", 2.0)
+    cached_first, cached_second = (
+        ensure_crop_cache(first, tmp_path / "cache"),
+        ensure_crop_cache(second, tmp_path / "cache"),
+    )
+    assert cached_first.root != cached_second.root
+    _assert_same_samples(second, cached_second)

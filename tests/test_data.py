@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -14,15 +15,16 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from evopose_pl.codecs import HeatmapCodec
 from evopose_pl.data import (
     AnnotationError,
     Augmentation,
+    CocoKeypoints,
     ImageFileError,
     KeypointInfo,
     TopDownDataset,
     decode_heatmaps,
     masked_mse,
-    merge_flipped,
     render_heatmaps,
     to_image,
 )
@@ -30,7 +32,8 @@ from evopose_pl.data.dataset import truncated_jpeg
 from evopose_pl.data.synthetic import COCO_KEYPOINTS
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix
 from evopose_pl.datamodule import PoseDataModule
-from evopose_pl.evaluation import evaluate_coco, rescore, results_records
+from evopose_pl.evaluation import evaluate_coco, results_records
+from evopose_pl.metrics import CocoKeypointAP, PCKh
 
 INPUT = (256, 192)
 
@@ -52,17 +55,18 @@ def test_dataset_yields_every_valid_instance(coco_sample):
 
 
 def _round_trip_ap(batch, flip_index, heatmap_size, flip: bool, annotations) -> float:
-    kp = batch["keypoints"]
-    heatmaps, _ = render_heatmaps(kp, INPUT, heatmap_size)
+    """The heatmap codec's encode -> (flip merge) -> decode round trip, scored by COCO AP."""
+    codec, kp = HeatmapCodec(), batch["keypoints"]
+    heatmaps, _ = codec.encode(kp, INPUT, heatmap_size)
     if flip:  # what a perfect network predicts on the mirrored crop
         mirrored = kp.clone()
         mirrored[..., 0] = INPUT[1] - 1 - kp[..., 0]
-        flipped, _ = render_heatmaps(mirrored[:, list(flip_index)], INPUT, heatmap_size)
-        heatmaps = merge_flipped(heatmaps, flipped, flip_index)
-    coords, scores = decode_heatmaps(heatmaps, INPUT)
+        flipped, _ = codec.encode(mirrored[:, list(flip_index)], INPUT, heatmap_size)
+        heatmaps = codec.merge_flip(heatmaps, flipped, flip_index)
+    coords, scores = codec.decode(heatmaps, INPUT)
     image_xy = to_image(coords, batch["affine"])
-    instance = rescore(batch["score"].numpy(), scores.numpy())
-    results = results_records(batch["image_id"].tolist(), image_xy.numpy(), scores.numpy(), instance)
+    instance = codec.person_scores(batch["score"], scores)
+    results = results_records(batch["image_id"].tolist(), image_xy.numpy(), scores.numpy(), instance.numpy())
     return evaluate_coco(annotations, results)["AP"]
 
 
@@ -94,7 +98,7 @@ def test_detections_load_into_test_samples(coco_sample):
         coco_sample,
         INPUT,
         detections=coco_sample / "test_coco_det_AP_H_56.json",
-        score_threshold=0.5,
+        box_threshold=0.5,
     )
     assert len(strict) == sum(d["score"] >= 0.5 for d in detections) < len(ds)
     sample = ds[3]
@@ -223,9 +227,11 @@ def test_decoding_takes_a_quarter_step_toward_the_higher_neighbour():
     assert scores[0].tolist() == pytest.approx([200 / 255, 1.0])
 
 
-def test_rescoring_uses_keypoints_above_the_threshold():
-    s = rescore(np.array([0.9, 0.5]), np.array([[0.1, 0.5, 0.7], [0.1, 0.15, 0.2]]))
+def test_person_scores_use_keypoints_above_the_threshold():
+    s = HeatmapCodec().person_scores(torch.tensor([0.9, 0.5]), torch.tensor([[0.1, 0.5, 0.7], [0.1, 0.15, 0.2]]))
     assert s.tolist() == pytest.approx([0.9 * 0.6, 0.0])
+    strict = HeatmapCodec(keypoint_threshold=0.6)
+    assert strict.person_scores(torch.tensor([1.0]), torch.tensor([[0.5, 0.7]])).tolist() == pytest.approx([0.7])
 
 
 def _write(path, data):
@@ -372,14 +378,14 @@ def test_a_zero_width_box_is_kept_as_the_reference_keeps_it(coco_sample, tmp_pat
 
 def test_skipped_instances_are_counted_by_reason(coco_sample, tmp_path):
     ds = TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT)
-    assert ds.coco.skipped == {"no labelled keypoint": 2}
+    assert ds.annotations.skipped == {"no labelled keypoint": 2}
     data = json.loads((coco_sample / "test_coco.json").read_text())
     data["annotations"][0].update(iscrowd=1)
     data["annotations"][1].update(area=0)
     data["annotations"][2]["bbox"][:2] = [5000, 5000]  # outside its image once clipped
     ds = TopDownDataset(_write(tmp_path / "skips.json", data), coco_sample, INPUT)
     assert len(ds) == 9
-    assert ds.coco.skipped == {"crowd": 1, "no labelled keypoint": 2, "empty box or area <= 0": 2}
+    assert ds.annotations.skipped == {"crowd": 1, "no labelled keypoint": 2, "empty box or area <= 0": 2}
 
 
 def test_no_valid_person_is_named_with_the_counts(coco_sample, tmp_path):
@@ -395,7 +401,7 @@ def test_no_valid_person_is_named_with_the_counts(coco_sample, tmp_path):
 def test_no_detection_above_the_threshold_is_named(coco_sample):
     detections = coco_sample / "test_coco_det_AP_H_56.json"
     with pytest.raises(AnnotationError) as info:
-        TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT, detections=detections, score_threshold=1.5)
+        TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT, detections=detections, box_threshold=1.5)
     assert f"detections file {detections}: no person detection with score >= 1.5" in str(info.value)
 
 
@@ -404,7 +410,7 @@ def test_the_datamodule_logs_kept_and_skipped_instances_per_split(coco_sample, c
     logger.addHandler(caplog.handler)
     try:
         data = PoseDataModule("test_coco.json", ".", "test_coco.json", ".", "test_coco_det_AP_H_56.json",
-                              score_threshold=0.5, root=coco_sample)  # fmt: skip
+                              box_threshold=0.5, root=coco_sample)  # fmt: skip
         with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
             data.setup()
     finally:
@@ -448,3 +454,79 @@ def test_coco_ap_refuses_a_keypoint_set_without_oks_sigmas(coco_sample):
     results = results_records([785], np.zeros((1, 16, 2)), np.ones((1, 16)), np.ones(1))
     with pytest.raises(ValueError, match="have 16 keypoints"):
         evaluate_coco(coco_sample / "test_coco.json", results)
+
+
+def test_samples_carry_their_index_in_the_split(coco_sample):
+    ds = TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT)
+    batch = default_collate([ds[i] for i in range(len(ds))])
+    assert batch["index"].tolist() == list(range(len(ds)))
+    dets = TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT,
+                          detections=coco_sample / "test_coco_det_AP_H_56.json")  # fmt: skip
+    assert dets[117]["index"] == 117
+
+
+def test_the_dataset_takes_an_annotation_source_or_a_coco_file(coco_sample):
+    coco = CocoKeypoints(coco_sample / "test_coco.json", coco_sample)
+    from_source = TopDownDataset(coco, input_size=INPUT)
+    from_file = TopDownDataset(coco_sample / "test_coco.json", coco_sample, INPUT)
+    assert from_source.annotations is coco and from_source.annotation_file == from_file.annotation_file
+    assert torch.equal(from_source[3]["image"], from_file[3]["image"])
+    assert from_source.keypoint_info == coco.keypoint_info
+    with pytest.raises(ValueError, match="images_dir goes with an annotation file"):
+        TopDownDataset(coco, coco_sample, INPUT)
+    with pytest.raises(ValueError, match="test_coco.json needs its images_dir"):
+        TopDownDataset(coco_sample / "test_coco.json", input_size=INPUT)
+
+
+def _coco_module(coco_sample, **kwargs) -> PoseDataModule:
+    return PoseDataModule("test_coco.json", ".", "test_coco.json", ".", root=coco_sample, **kwargs)
+
+
+def test_the_datamodule_chooses_the_test_metric(coco_sample, mpii_sample):
+    data = _coco_module(coco_sample)
+    metric = data.test_metric()  # sets the test split up
+    assert isinstance(metric, CocoKeypointAP) and data.test_set is not None
+    assert metric.annotation_file == coco_sample / "test_coco.json"
+    seen = []
+
+    class Counting(CocoKeypointAP):
+        def __init__(self, dataset, label: str) -> None:
+            super().__init__(dataset)
+            seen.append((dataset, label))
+
+    chosen = _coco_module(coco_sample, metric=functools.partial(Counting, label="mine"))
+    chosen.setup("test")
+    assert isinstance(chosen.test_metric(), Counting) and seen == [(chosen.test_set, "mine")]
+    mpii = PoseDataModule("test_mpii.json", ".", "test_mpii.json", ".", root=mpii_sample, format="mpii")
+    assert mpii.keypoint_info.num_keypoints == 16
+    with pytest.raises(ValueError, match=r"PCKh needs every person's head box, but 5 of the 5 people of .*test_mpii"):
+        mpii.test_metric()  # the sample's json has no head boxes and no .mat was given
+    with pytest.raises(ValueError, match=r"PCKh scores MPII's 16 joints; .*test_coco.json has 17 keypoints"):
+        _coco_module(coco_sample, metric=PCKh).test_metric()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"format": "posetrack"}, "data.format='posetrack': must be one of 'coco', 'mpii'"),
+        ({"head_boxes": "gt_valid.mat"}, "head boxes are MPII's"),
+        ({"format": "mpii", "test_detections": "dets.json"}, "MPII is tested on its annotated people"),
+        ({"metric": "PCKh"}, "data.metric must build a Metric from the test split"),
+    ],
+)
+def test_the_datamodule_refuses_settings_that_do_not_fit_the_format(coco_sample, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        _coco_module(coco_sample, **kwargs)
+
+
+def test_data_configs_name_their_metric_and_box_threshold(compose):
+    cfg = compose("train", "data=coco", "data.root=/data/coco")
+    assert cfg.data.input_size == cfg.model.resolution and cfg.data.box_threshold == 0.0
+    assert cfg.data.format == "coco" and cfg.data.metric._target_ == "evopose_pl.metrics.CocoKeypointAP"
+    assert cfg.data.metric._partial_ and "score_threshold" not in cfg.data
+    synthetic = compose("train", "data=synthetic").data
+    assert synthetic.metric._target_.endswith("CocoKeypointAP") and synthetic.box_threshold == 0.0
+    for overrides in (["data=mpii", "data.root=/data/mpii"], ["data=mpii_synthetic"]):
+        data = compose("train", *overrides).data
+        assert data.format == "mpii" and data.metric._target_ == "evopose_pl.metrics.PCKh" and data.metric._partial_
+        assert data.input_size[0] == data.input_size[1]  # square, as MPII is reported

@@ -1,4 +1,4 @@
-"""The (mu + lambda) logic without training: settings, planning, recording, selection, resume."""
+"""The (mu + lambda) logic without training: settings, planning, recording, fitness, selection, resume."""
 
 from __future__ import annotations
 
@@ -11,29 +11,36 @@ import stat
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass, field, fields, replace
 
 import pytest
 
 from evopose_pl.evolution import (
     COMPLETED,
     FAILED,
+    MAY_CHANGE_ON_RESUME,
     PENDING,
     RESULT_FILE,
     Evolution,
     Individual,
+    Planner,
+    Recorder,
     SearchLock,
     SearchLocked,
     SearchStopped,
     Settings,
     SettingsError,
     StateError,
+    StateStore,
     fitness,
     load_state,
+    prune_checkpoints,
+    select,
 )
 from evopose_pl.search import ANCESTOR, EVOPOSE2D_S, Genotype, SearchSpace
 
 E3_SPACE = {
-    "ancestor": str(ANCESTOR),
+    "bounds": str(ANCESTOR),
     "kernels": [3, 5],
     "max_repeats": 4,
     "stride_modules": [4, 5, 6],
@@ -41,13 +48,14 @@ E3_SPACE = {
 }
 
 
-def _settings(**overrides) -> Settings:
+def _settings(cls: type[Settings] = Settings, **overrides) -> Settings:
     values = {"population": 6, "parents": 2, "generations": 3, "epochs": 1, "ancestor_epochs": 2, "seed": 0}
     values.update(overrides)
-    return Settings.from_config({**values, "search_space": E3_SPACE})
+    return cls.from_config({**values, "search_space": E3_SPACE})
 
 
 def _result(ind, loss: float, params: int = 1_000_000) -> dict:
+    """What a child reports: its measurements, no fitness."""
     return {
         "id": ind.id,
         "genotype": ind.genotype,
@@ -55,7 +63,6 @@ def _result(ind, loss: float, params: int = 1_000_000) -> dict:
         "params_trainable": params - 100,
         "flops": 10**8,
         "val_loss": loss,
-        "fitness": fitness(loss, params, 5e6, -0.07),
         "checkpoint": None,
         "wall_time": 1.0,
         "transfer": None,
@@ -69,11 +76,57 @@ def _finish(evolution: Evolution, generation: int, losses: dict[int, float] | No
         evolution.record(ind.id, _result(ind, (losses or {}).get(ind.id, 100.0 + ind.id)))
 
 
-def test_fitness_is_the_papers_formula():
-    assert fitness(2.0, 5_000_000, 5e6, -0.07) == pytest.approx(2.0)
+def test_fitness_is_the_papers_formula_with_the_searchs_settings():
+    settings = _settings(gamma=-0.07, target_params=5e6)
+    assert fitness({"val_loss": 2.0, "params": 5_000_000}, settings) == pytest.approx(2.0)
     # a network twice the target size pays (1/2)^-0.07 = 2^0.07
-    assert fitness(2.0, 10_000_000, 5e6, -0.07) == pytest.approx(2.0 * 2**0.07)
-    assert fitness(2.0, 10_000_000, 5e6, 0.0) == pytest.approx(2.0)
+    assert fitness({"val_loss": 2.0, "params": 10_000_000}, settings) == pytest.approx(2.0 * 2**0.07)
+    assert fitness({"val_loss": 2.0, "params": 10_000_000}, _settings(gamma=0.0)) == pytest.approx(2.0)
+    assert fitness({"val_loss": 2.0, "params": 10_000_000}, _settings(target_params=1e7)) == pytest.approx(2.0)
+
+
+def test_the_driver_computes_the_fitness_from_what_the_child_measured(tmp_path):
+    for gamma in (-0.07, -0.5):
+        evolution = Evolution(tmp_path / str(gamma), _settings(gamma=gamma))
+        evolution.resume_or_plan()
+        result = _result(evolution.individual(0), 3.0, params=2_500_000)
+        assert "fitness" not in result
+        ind = evolution.record(0, result)
+        assert ind.status == COMPLETED and ind.fitness == pytest.approx(3.0 * 2**gamma)
+        assert load_state(tmp_path / str(gamma)).individuals[0].fitness == ind.fitness
+
+
+def test_a_fitness_in_an_older_childs_result_is_accepted_and_replaced_by_the_drivers(tmp_path):
+    evolution = Evolution(tmp_path, _settings())
+    evolution.resume_or_plan()
+    ind = evolution.individual(0)
+    result = tmp_path / ind.directory / RESULT_FILE
+    result.parent.mkdir(parents=True)
+    result.write_text(json.dumps({**_result(ind, 3.0, params=5_000_000), "fitness": 99.0}))  # as children wrote it
+    resumed = Evolution(tmp_path, _settings())
+    assert resumed.resume_or_plan() == 0 and list(resumed.jobs(0)) == []
+    assert resumed.individual(0).status == COMPLETED and resumed.individual(0).fitness == pytest.approx(3.0)
+    other = Evolution(tmp_path / "returned", _settings())
+    other.resume_or_plan()
+    returned = {**_result(other.individual(0), 3.0, params=5_000_000), "fitness": float("nan")}
+    assert other.record(0, returned).fitness == pytest.approx(3.0)
+
+
+def test_the_recorder_scores_every_record_with_the_one_fitness_function(tmp_path, monkeypatch):
+    import evopose_pl.evolution.recorder as recorder
+
+    calls = []
+
+    def scored(record, settings):
+        calls.append((dict(record), settings))
+        return 7.0
+
+    monkeypatch.setattr(recorder, "fitness", scored)
+    settings = _settings()
+    evolution = Evolution(tmp_path, settings)
+    evolution.resume_or_plan()
+    result = _result(evolution.individual(0), 3.0)
+    assert evolution.record(0, result).fitness == 7.0 and calls == [(result, settings)]
 
 
 @pytest.mark.parametrize(
@@ -103,20 +156,22 @@ def test_search_space_errors_name_the_group():
         Settings.from_config({"search_space": {**E3_SPACE, "kernel": [3]}})
 
 
-def test_named_and_string_ancestors():
+def test_named_and_string_ancestors(test_genotype):
     assert _settings(ancestor="evopose2d_s").ancestor == EVOPOSE2D_S
     assert _settings(ancestor=str(EVOPOSE2D_S)).ancestor == EVOPOSE2D_S
-    assert _settings().ancestor == ANCESTOR  # the default: the search space's ancestor
+    assert _settings().ancestor == ANCESTOR  # the default: the search space's bounds
+    small = test_genotype
+    assert Settings.from_config({"search_space": {**E3_SPACE, "bounds": small}}).ancestor == Genotype.from_string(small)
 
 
 def test_generation_zero_is_the_ancestor_then_each_parent_gets_population_over_parents(tmp_path):
     evolution = Evolution(tmp_path, _settings())
-    assert evolution.next_generation() == 0
+    assert evolution.resume_or_plan() == 0
     (job,) = evolution.jobs(0)
     assert job.individual.genotype == str(ANCESTOR) and job.epochs == 2 and job.parent_checkpoint is None
     _finish(evolution, 0)
     evolution.select(0)
-    assert evolution.next_generation() == 1
+    assert evolution.resume_or_plan() == 1
     children = evolution.generation_of(1)
     assert len(children) == 6 and {c.parent for c in children} == {0}
     _finish(evolution, 1, {1: 50, 2: 40, 3: 300, 4: 30, 5: 200, 6: 250})
@@ -124,7 +179,7 @@ def test_generation_zero_is_the_ancestor_then_each_parent_gets_population_over_p
     assert evolution.state.parents == [4, 2]  # the two fittest of ancestor (100) and children
     assert summary["best_id"] == 4
     assert summary["median_fitness"] == pytest.approx(statistics.median(c.fitness for c in children))
-    assert evolution.next_generation() == 2
+    assert evolution.resume_or_plan() == 2
     kids = evolution.generation_of(2)
     assert [k.parent for k in kids].count(4) == 3 and [k.parent for k in kids].count(2) == 3
     assert all(job.epochs == 1 for job in evolution.jobs(2))
@@ -133,7 +188,7 @@ def test_generation_zero_is_the_ancestor_then_each_parent_gets_population_over_p
 def test_genotypes_are_never_sampled_twice_and_all_lie_in_the_space(tmp_path):
     settings = _settings(population=8, parents=2, generations=4)
     evolution = Evolution(tmp_path, settings)
-    while (g := evolution.next_generation()) is not None:
+    while (g := evolution.resume_or_plan()) is not None:
         _finish(evolution, g, {i: 100.0 - i for i in range(200)})
         evolution.select(g)
     genotypes = [ind.genotype for ind in evolution.state.individuals]
@@ -144,7 +199,7 @@ def test_genotypes_are_never_sampled_twice_and_all_lie_in_the_space(tmp_path):
 def test_same_seed_same_search_and_resume_equals_uninterrupted(tmp_path):
     def run(directory, stop_after: int | None = None):
         evolution = Evolution(directory, _settings())
-        while (g := evolution.next_generation()) is not None:
+        while (g := evolution.resume_or_plan()) is not None:
             jobs = list(evolution.jobs(g))
             for n, job in enumerate(jobs):
                 if stop_after is not None and g == 2 and n == stop_after:
@@ -164,7 +219,7 @@ def test_same_seed_same_search_and_resume_equals_uninterrupted(tmp_path):
 
 def test_resume_refuses_changed_search_settings_and_leaves_the_state_alone(tmp_path):
     evolution = Evolution(tmp_path, _settings())
-    evolution.next_generation()
+    evolution.resume_or_plan()
     before = (tmp_path / "state.json").read_bytes()
     with pytest.raises(SettingsError, match=r"gamma=-0.05.*gamma=-0.07.*re-run with gamma=-0.07"):
         Evolution(tmp_path, _settings(gamma=-0.05))
@@ -175,10 +230,10 @@ def test_resume_refuses_changed_search_settings_and_leaves_the_state_alone(tmp_p
 
 def test_failures_are_recorded_and_the_search_goes_on_below_the_rate(tmp_path):
     evolution = Evolution(tmp_path, _settings(population=4, max_failure_rate=0.25))
-    evolution.next_generation()
+    evolution.resume_or_plan()
     _finish(evolution, 0)
     evolution.select(0)
-    evolution.next_generation()
+    evolution.resume_or_plan()
     jobs = list(evolution.jobs(1))
     evolution.record_failure(jobs[0].individual.id, "RuntimeError: boom")
     nan = _result(jobs[1].individual, float("nan"))
@@ -193,7 +248,7 @@ def test_failures_are_recorded_and_the_search_goes_on_below_the_rate(tmp_path):
     assert state.stopped and len(state.history) == 1 and state.parents == [0]
     # re-running retries the failed children of the unfinished generation, keeps the rest
     evolution = Evolution(tmp_path, _settings(population=4, max_failure_rate=0.25))
-    assert evolution.next_generation() == 1
+    assert evolution.resume_or_plan() == 1
     assert [j.individual.id for j in evolution.jobs(1)] == [1, 2]
     evolution.record(1, _result(evolution.individual(1), 40.0))
     evolution.record_failure(2, "MemoryError")
@@ -203,17 +258,17 @@ def test_failures_are_recorded_and_the_search_goes_on_below_the_rate(tmp_path):
 
 def test_results_left_by_children_are_adopted_on_resume(tmp_path):
     evolution = Evolution(tmp_path, _settings())
-    evolution.next_generation()
+    evolution.resume_or_plan()
     (job,) = evolution.jobs(0)
     result = tmp_path / job.individual.directory / RESULT_FILE
     result.parent.mkdir(parents=True)
     result.write_text(json.dumps(_result(job.individual, 77.0)))
     resumed = Evolution(tmp_path, _settings())
-    assert resumed.next_generation() == 0
+    assert resumed.resume_or_plan() == 0
     assert list(resumed.jobs(0)) == [] and resumed.individual(0).val_loss == 77.0
     # a result of another genotype (a foreign or stale file) is not taken
     other = Evolution(tmp_path / "other", _settings())
-    other.next_generation()
+    other.resume_or_plan()
     foreign = tmp_path / "other" / job.individual.directory / RESULT_FILE
     foreign.parent.mkdir(parents=True)
     foreign.write_text(json.dumps({**_result(job.individual, 77.0), "genotype": str(EVOPOSE2D_S)}))
@@ -225,7 +280,7 @@ def test_results_left_by_children_are_adopted_on_resume(tmp_path):
 def test_non_parent_checkpoints_are_deleted_records_kept(tmp_path):
     evolution = Evolution(tmp_path, _settings(population=2, parents=1))
     for g in range(2):
-        evolution.next_generation()
+        evolution.resume_or_plan()
         for job in list(evolution.jobs(g)):
             ind = job.individual
             ckpt = tmp_path / ind.directory / "checkpoints" / "best.ckpt"
@@ -240,32 +295,32 @@ def test_non_parent_checkpoints_are_deleted_records_kept(tmp_path):
             assert ind.checkpoint is None and not (tmp_path / ind.directory / "checkpoints" / "best.ckpt").exists()
             assert ind.status == COMPLETED and ind.val_loss is not None
     kept = Evolution(tmp_path / "k", _settings(population=2, parents=1, keep_checkpoints=True))
-    kept.next_generation()
+    kept.resume_or_plan()
     kept.record(0, _result(kept.individual(0), 1.0))
     assert kept.select(0) and kept.individual(0).status == COMPLETED
 
 
 def test_exhausted_search_stops_instead_of_hanging(tmp_path):
     # one module, kernel fixed, 1 repeat, 1 channel: the ancestor has no neighbour at all
-    space = {"ancestor": "k3r1c1s1", "kernels": [3], "max_repeats": 1, "stride_modules": [], "max_stride2": 0}
+    space = {"bounds": "k3r1c1s1", "kernels": [3], "max_repeats": 1, "stride_modules": [], "max_stride2": 0}
     settings = Settings.from_config({"population": 2, "parents": 1, "search_space": space})
     evolution = Evolution(tmp_path, settings)
-    evolution.next_generation()
+    evolution.resume_or_plan()
     evolution.record(0, _result(evolution.individual(0), 1.0))
     evolution.select(0)
     with pytest.raises(SearchStopped, match="exhausted"):
-        evolution.next_generation()
+        evolution.resume_or_plan()
     assert load_state(tmp_path).stopped.startswith("search space exhausted")
 
 
 def test_parents_short_of_mu_share_the_population(tmp_path):
     space = SearchSpace()
     evolution = Evolution(tmp_path, _settings(population=4, parents=2))
-    evolution.next_generation()
+    evolution.resume_or_plan()
     _finish(evolution, 0)
     evolution.select(0)  # one candidate: the ancestor alone
     assert evolution.state.parents == [0]
-    evolution.next_generation()
+    evolution.resume_or_plan()
     assert len(evolution.generation_of(1)) == 4
     assert all(space.contains(Genotype.from_string(c.genotype)) for c in evolution.generation_of(1))
     assert all(c.status == PENDING for c in evolution.generation_of(1))
@@ -286,7 +341,7 @@ def _bad_results(ind) -> dict[str, bytes]:
         "binary": os.urandom(256),
         "truncated": json.dumps(good).encode()[:40],
         "not-an-object": b"[1, 2, 3]",
-        "nan-fitness": json.dumps({**good, "fitness": float("nan")}).encode(),
+        "zero-params": json.dumps({**good, "params": 0}).encode(),
         "infinite-loss": json.dumps({**good, "val_loss": float("inf")}).encode(),
         "string-params": json.dumps({**good, "params": "many"}).encode(),
         "boolean-flops": json.dumps({**good, "flops": True}).encode(),
@@ -298,7 +353,7 @@ def _bad_results(ind) -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", list(_bad_results(Individual(0, 0, str(ANCESTOR), None, "x"))))
 def test_a_bad_result_is_moved_aside_recorded_and_retrained_not_readopted(tmp_path, kind, caplog):
     evolution = Evolution(tmp_path, _settings())
-    evolution.next_generation()
+    evolution.resume_or_plan()
     (job,) = evolution.jobs(0)
     result = tmp_path / job.individual.directory / RESULT_FILE
     result.parent.mkdir(parents=True)
@@ -313,19 +368,19 @@ def test_a_bad_result_is_moved_aside_recorded_and_retrained_not_readopted(tmp_pa
     assert not result.exists() and aside.read_bytes() == content
     # the next run trains it again instead of adopting the same file forever
     resumed = Evolution(tmp_path, _settings())
-    assert resumed.next_generation() == 0 and [j.individual.id for j in resumed.jobs(0)] == [0]
+    assert resumed.resume_or_plan() == 0 and [j.individual.id for j in resumed.jobs(0)] == [0]
     resumed.record(0, _result(resumed.individual(0), 60.0))
     assert resumed.individual(0).status == COMPLETED and resumed.select(0)["best_fitness"] > 0
 
 
 def test_a_bad_result_found_on_resume_is_trained_again_at_once(tmp_path, caplog):
     evolution = Evolution(tmp_path, _settings())
-    evolution.next_generation()
+    evolution.resume_or_plan()
     result = tmp_path / evolution.individual(0).directory / RESULT_FILE
     result.parent.mkdir(parents=True)
     result.write_text(json.dumps({**_result(evolution.individual(0), 1.0), "val_loss": float("nan")}))
     resumed = Evolution(tmp_path, _settings())
-    assert resumed.next_generation() == 0
+    assert resumed.resume_or_plan() == 0
     assert [j.individual.id for j in resumed.jobs(0)] == [0] and resumed.individual(0).status == PENDING
     assert f"{result}: val_loss=nan is not a finite number" in caplog.text
     assert result.with_name("result.rejected-1.json").exists()
@@ -333,10 +388,10 @@ def test_a_bad_result_found_on_resume_is_trained_again_at_once(tmp_path, caplog)
 
 def _state_with_a_generation(tmp_path) -> dict:
     evolution = Evolution(tmp_path, _settings(population=2, parents=1))
-    evolution.next_generation()
+    evolution.resume_or_plan()
     _finish(evolution, 0)
     evolution.select(0)
-    evolution.next_generation()
+    evolution.resume_or_plan()
     _finish(evolution, 1)
     return json.loads((tmp_path / "state.json").read_text())
 
@@ -392,7 +447,7 @@ def test_stale_temporary_state_files_are_removed_and_state_files_get_the_usual_m
     umask = os.umask(0o022)
     try:
         evolution = Evolution(tmp_path, _settings())
-        evolution.next_generation()
+        evolution.resume_or_plan()
     finally:
         os.umask(umask)
     assert not any(p.exists() for p in stale) and other.exists()
@@ -407,36 +462,36 @@ def test_stale_temporary_state_files_are_removed_and_state_files_get_the_usual_m
 
 
 def test_resume_refuses_changed_training_settings_with_both_values(tmp_path):
-    training = {"data.input_size": [64, 48], "module.lr": 0.001, "trainer.precision": None}
+    training = {"data.input_size": [64, 48], "recipe.lr": 0.001, "trainer.precision": None}
     evolution = Evolution(tmp_path, _settings(training=training))
-    evolution.next_generation()
+    evolution.resume_or_plan()
     before = (tmp_path / "state.json").read_bytes()
     for key, value, shown, saved in [
         ("data.input_size", [128, 96], "[128,96]", "[64,48]"),
-        ("module.lr", 0.002, "0.002", "0.001"),
+        ("recipe.lr", 0.002, "0.002", "0.001"),
         ("trainer.precision", "bf16-mixed", "bf16-mixed", "null"),
     ]:
         with pytest.raises(SettingsError) as info:
             Evolution(tmp_path, _settings(training={**training, key: value}))
         assert f"{key}={shown}, but {tmp_path / 'state.json'} holds a search with {key}={saved}" in str(info.value)
         assert f"re-run with {key}={saved}" in str(info.value)
-    with pytest.raises(SettingsError, match=r"module.l2=1e-05, but .* module.l2=\(not set\).*re-run without module.l2"):
-        Evolution(tmp_path, _settings(training={**training, "module.l2": 1e-5}))
+    with pytest.raises(SettingsError, match=r"recipe.l2=1e-05, but .* recipe.l2=\(not set\).*re-run without recipe.l2"):
+        Evolution(tmp_path, _settings(training={**training, "recipe.l2": 1e-5}))
     assert (tmp_path / "state.json").read_bytes() == before
     assert Evolution(tmp_path, _settings(training=dict(training))).resumed
 
 
 def test_a_state_from_before_training_settings_takes_this_runs(tmp_path):
     evolution = Evolution(tmp_path, _settings())
-    evolution.next_generation()
+    evolution.resume_or_plan()
     state = json.loads((tmp_path / "state.json").read_text())
     del state["settings"]["training"]
     (tmp_path / "state.json").write_text(json.dumps(state))
-    resumed = Evolution(tmp_path, _settings(training={"module.lr": 0.001}))
-    resumed.next_generation()
-    assert load_state(tmp_path).settings["training"] == {"module.lr": 0.001}
-    with pytest.raises(SettingsError, match="module.lr=0.01"):
-        Evolution(tmp_path, _settings(training={"module.lr": 0.01}))
+    resumed = Evolution(tmp_path, _settings(training={"recipe.lr": 0.001}))
+    resumed.resume_or_plan()
+    assert load_state(tmp_path).settings["training"] == {"recipe.lr": 0.001}
+    with pytest.raises(SettingsError, match="recipe.lr=0.01"):
+        Evolution(tmp_path, _settings(training={"recipe.lr": 0.01}))
 
 
 HOLD_LOCK = """
@@ -470,14 +525,14 @@ def test_one_driver_per_search_and_a_killed_drivers_lock_is_free_at_once(tmp_pat
 
 def test_an_invalid_returned_record_gives_way_to_the_childs_result_file(tmp_path):
     evolution = Evolution(tmp_path, _settings())
-    evolution.next_generation()
+    evolution.resume_or_plan()
     ind = evolution.individual(0)
     result = tmp_path / ind.directory / RESULT_FILE
     result.parent.mkdir(parents=True)
     result.write_text(json.dumps(_result(ind, 42.0)))
     assert evolution.record(0, None).status == COMPLETED and ind.val_loss == 42.0  # a launcher that lost the value
     resumed = Evolution(tmp_path / "b", _settings())
-    resumed.next_generation()
+    resumed.resume_or_plan()
     other = resumed.individual(0)
     (tmp_path / "b" / other.directory).mkdir(parents=True)
     (tmp_path / "b" / other.directory / RESULT_FILE).write_bytes(b"\x00\xff")
@@ -487,3 +542,90 @@ def test_an_invalid_returned_record_gives_way_to_the_childs_result_file(tmp_path
         resumed.record(0, {"id": 0}).error == "result rejected: it is the record of individual 0 None, not of "
         f"individual 0 {other.genotype}"
     )  # no file left: the returned record's own problem
+
+
+def test_a_fitness_that_is_not_a_finite_number_is_a_failure(tmp_path):
+    evolution = Evolution(tmp_path, _settings(gamma=100.0))
+    evolution.resume_or_plan()
+    result = {**_result(evolution.individual(0), 1.0, params=1), "params_trainable": 1}  # (5e6 / 1)^100 overflows
+    ind = evolution.record(0, result)
+    assert ind.status == FAILED and "fitness of val_loss=1.0, params=1 with target_params=5000000.0" in ind.error
+
+
+def test_the_identity_is_every_setting_but_those_that_may_change_on_resume():
+    changeable = {f.name for f in fields(Settings) if f.metadata == MAY_CHANGE_ON_RESUME}
+    assert changeable == {"generations", "max_failure_rate", "keep_checkpoints"}
+    identity = _settings(training={"recipe.lr": 0.001}).identity()
+    assert set(identity) == {f.name for f in fields(Settings)} - changeable == set(Settings.identity_fields())
+    assert identity["ancestor"] == str(ANCESTOR) and identity["search_space"] == E3_SPACE
+    assert identity["training"] == {"recipe.lr": 0.001} and identity["population"] == 6
+
+
+@dataclass(frozen=True)
+class _NewSettings(Settings):
+    """Settings as a later version might have them: one knob more, and one that may change on resume."""
+
+    momentum: float = 0.9
+    note: str = field(default="", metadata=MAY_CHANGE_ON_RESUME)
+
+
+@dataclass(frozen=True)
+class _NewSpace(SearchSpace):
+    max_channels: int = 40
+
+
+def test_a_new_setting_is_part_of_the_identity_by_default(tmp_path):
+    assert "momentum" in _settings(_NewSettings).identity() and "note" not in _settings(_NewSettings).identity()
+    assert Settings(search_space=_NewSpace()).identity()["search_space"]["max_channels"] == 40
+    Evolution(tmp_path, _settings(_NewSettings)).resume_or_plan()
+    with pytest.raises(SettingsError, match=r"momentum=0.5, but .* holds a search with momentum=0.9"):
+        Evolution(tmp_path, _settings(_NewSettings, momentum=0.5))
+    assert Evolution(tmp_path, _settings(_NewSettings, note="changed")).resumed
+    # a search started before the setting existed does not record it: refused, not guessed
+    Evolution(tmp_path / "older", _settings()).resume_or_plan()
+    with pytest.raises(SettingsError, match=r"momentum=0.9, but .* holds a search with momentum=\(not recorded\)"):
+        Evolution(tmp_path / "older", _settings(_NewSettings))
+
+
+def test_a_state_that_calls_the_search_spaces_bounds_ancestor_resumes(tmp_path):
+    """States written before ``SearchSpace.ancestor`` was renamed ``bounds``."""
+    Evolution(tmp_path, _settings()).resume_or_plan()
+    state = json.loads((tmp_path / "state.json").read_text())
+    space = state["settings"]["search_space"]
+    space["ancestor"] = space.pop("bounds")
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    assert Evolution(tmp_path, _settings()).resume_or_plan() == 0
+    assert load_state(tmp_path).settings["search_space"] == E3_SPACE
+    with pytest.raises(SettingsError, match="search_space=.*'max_stride2': 5"):
+        Evolution(tmp_path, replace(_settings(), search_space=SearchSpace(max_stride2=5)))
+
+
+def test_each_piece_does_one_job(tmp_path):
+    """The store opens and saves, the planner plans and saves what it planned, the recorder records with
+    the fitness, selection changes the state only, the pruner deletes the checkpoints no parent needs."""
+    settings = _settings(population=2, parents=1)
+    store = StateStore(tmp_path, settings)
+    assert not store.resumed and not (tmp_path / "state.json").exists()
+    planner, recorder = Planner(store, settings), Recorder(store, settings)
+    assert planner.plan_next() == 0 and load_state(tmp_path).generation == 0
+    (job,) = planner.jobs(0)
+    checkpoint = tmp_path / job.individual.directory / "checkpoints" / "best.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    recorder.record(0, {**_result(job.individual, 2.0, params=5_000_000), "checkpoint": str(checkpoint)})
+    saved = load_state(tmp_path).individuals[0]
+    assert saved.fitness == pytest.approx(2.0) and saved.checkpoint == "individuals/0000/checkpoints/best.ckpt"
+    assert select(store.state, settings, 0)["best_id"] == 0 and store.state.parents == [0]
+    assert load_state(tmp_path).parents == []  # selection does not save
+    prune_checkpoints(store)
+    assert checkpoint.exists()  # a parent keeps its weights
+    store.save()
+    assert planner.plan_next() == 1 and {c.parent for c in store.state.generation_of(1)} == {0}
+    for job in list(planner.jobs(1)):
+        assert job.parent_checkpoint == checkpoint.resolve()
+        recorder.record(job.individual.id, _result(job.individual, 1.0))
+    select(store.state, settings, 1)
+    assert store.state.parents != [0]
+    prune_checkpoints(store)
+    assert not checkpoint.exists() and store.state.individual(0).checkpoint is None
+    assert store.state.individual(0).status == COMPLETED  # its record stays

@@ -17,39 +17,44 @@ from evopose_pl.evolution import COMPLETED, FAILED, load_state
 from evopose_pl.predict import load_pose_module
 from evopose_pl.report import CSV_FILE, FITNESS_FILE, PARETO_FILE
 
-from .conftest import ROOT
-
-# A small genotype of the E3 space, a narrow head and a few tiny images: a child trains in about a second.
-SMALL = "k3r1c1s1-k3r1c2s2-k3r1c3s2-k3r1c4s2-k3r1c6s1-k3r1c8s1-k3r1c8s1"
-TINY = [
-    "logger=none",
-    "data.num_workers=0",
-    "data.synthetic.train_images=24",
-    "data.synthetic.val_images=6",
-    "data.batch_size=8",
-    f"ancestor={SMALL}",
-    "+model.head_channels=32",
-    "population=4",
-    "parents=2",
-    "generations=2",
-    "epochs=1",
-    "ancestor_epochs=1",
-]
 FAIL = [
     "+callbacks.fail._target_=tests.failing.FailIndividuals",
     "+callbacks.fail.individual=${individual.id}",
 ]
 
 
-def evolve(sweep_dir: Path, *overrides: str, env: dict | None = None, timeout: int = 600):
-    return subprocess.run(
-        [sys.executable, "evolve.py", f"hydra.sweep.dir={sweep_dir}", *TINY, *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+class Evolve:
+    """``python evolve.py`` on a tiny search: the small test genotype, a narrow head and a few tiny
+    images (a child trains in about a second), 4 children of 2 parents for 2 generations."""
+
+    def __init__(self, root: Path, genotype: str) -> None:
+        self.root = root
+        self.tiny = [
+            "logger=none",
+            "data.num_workers=0",
+            "data.synthetic.train_images=24",
+            "data.synthetic.val_images=6",
+            "data.batch_size=8",
+            f"ancestor={genotype}",
+            "+model.head_channels=32",
+            "population=4",
+            "parents=2",
+            "generations=2",
+            "epochs=1",
+            "ancestor_epochs=1",
+        ]
+
+    def command(self, sweep_dir: Path, *overrides: str) -> list[str]:
+        return [sys.executable, "evolve.py", f"hydra.sweep.dir={sweep_dir}", *self.tiny, *overrides]
+
+    def __call__(self, sweep_dir: Path, *overrides: str, env: dict | None = None, timeout: int = 600):
+        return subprocess.run(self.command(sweep_dir, *overrides), cwd=self.root, capture_output=True, text=True,
+                              timeout=timeout, env=env)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evolve(root, test_genotype) -> Evolve:
+    return Evolve(root, test_genotype)
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -58,7 +63,7 @@ def _ok(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def basic_search(tmp_path_factory):
+def basic_search(tmp_path_factory, evolve):
     sweep = tmp_path_factory.mktemp("evolve") / "basic"
     output = _ok(evolve(sweep))
     return sweep, load_state(sweep), output
@@ -79,11 +84,12 @@ def test_basic_search_completes_with_a_consistent_state(basic_search):
     previous_parents = {1: {0}, 2: set(state.history[1]["parents"])}
     for ind in state.individuals:
         assert ind.params > ind.params_trainable > 0 and ind.flops > 0 and ind.wall_time > 0
-        assert ind.fitness == pytest.approx(ind.val_loss * (5e6 / ind.params) ** -0.07)
+        assert ind.fitness == pytest.approx(ind.val_loss * (5e6 / ind.params) ** -0.07)  # the driver's
         t = ind.timing  # what bench/evolution_overhead.py splits the wall time with
         assert t["started"] < t["fit_started"] < t["fit_ended"] <= t["ended"] and t["train"] > 0 and t["val"] > 0
         assert t["train"] + t["val"] < t["fit_ended"] - t["fit_started"]
-        assert json.loads((sweep / ind.directory / "result.json").read_text())["fitness"] == ind.fitness
+        measured = json.loads((sweep / ind.directory / "result.json").read_text())  # what the child measured
+        assert "fitness" not in measured and measured["val_loss"] == ind.val_loss and measured["params"] == ind.params
         if ind.generation:
             assert ind.parent in previous_parents[ind.generation]
             assert 0 < ind.transfer["transfer/inherited_fraction"] <= 1
@@ -101,7 +107,7 @@ def test_basic_search_completes_with_a_consistent_state(basic_search):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_rerunning_a_finished_search_trains_nothing(basic_search):
+def test_rerunning_a_finished_search_trains_nothing(basic_search, evolve):
     sweep, _, _ = basic_search
     before = (sweep / "state.json").read_bytes()
     output = _ok(evolve(sweep))
@@ -109,7 +115,7 @@ def test_rerunning_a_finished_search_trains_nothing(basic_search):
     assert (sweep / "state.json").read_bytes() == before
 
 
-def test_changed_search_settings_refuse_to_resume(basic_search):
+def test_changed_search_settings_refuse_to_resume(basic_search, evolve):
     sweep, _, _ = basic_search
     before = (sweep / "state.json").read_bytes()
     result = evolve(sweep, "gamma=-0.05")
@@ -122,12 +128,13 @@ def test_changed_search_settings_refuse_to_resume(basic_search):
     "override,saved",
     [
         ("data.input_size=[32,24]", "data.input_size=[64,48]"),
-        ("module.lr=0.002", "module.lr=0.001"),
+        ("recipe.lr=0.002", "recipe.lr=0.001"),
+        ("codec.sigma=3.0", "codec.sigma=null"),
         ("trainer.precision=bf16-mixed", "trainer.precision=null"),
         ("data.synthetic.train_images=30", "data.synthetic.train_images=24"),
     ],
 )
-def test_changed_training_settings_refuse_to_resume(basic_search, override, saved):
+def test_changed_training_settings_refuse_to_resume(basic_search, evolve, override, saved):
     """What a child's fitness means is part of the search: another input size, rate, precision or dataset
     would mix incomparable fitness values."""
     sweep, _, _ = basic_search
@@ -138,14 +145,14 @@ def test_changed_training_settings_refuse_to_resume(basic_search, override, save
     assert (sweep / "state.json").read_bytes() == before
 
 
-def test_settings_that_change_only_speed_or_bookkeeping_may_change_on_resume(basic_search):
+def test_settings_that_change_only_speed_or_bookkeeping_may_change_on_resume(basic_search, evolve):
     sweep, _, _ = basic_search
-    output = _ok(evolve(sweep, "data.pin_memory=false", "module.channels_last=false", "keep_checkpoints=true",
-                        "max_failure_rate=0.5", "threads=1"))  # fmt: skip
+    output = _ok(evolve(sweep, "data.pin_memory=false", "channels_last=false", "flip_test=true",
+                        "keep_checkpoints=true", "max_failure_rate=0.5", "threads=1"))  # fmt: skip
     assert "Resuming the search" in output and "Search finished after generation 2" in output
 
 
-def test_threads_resolved_by_the_child_do_not_stop_the_driver(tmp_path):
+def test_threads_resolved_by_the_child_do_not_stop_the_driver(tmp_path, evolve):
     """SLURM's threads=${hydra:launcher.cpus_per_task} can only be resolved in a job: the driver leaves it alone."""
     sweep = tmp_path / "resolved-by-child"
     _ok(evolve(sweep, "generations=0", "threads=${hydra:sweeper.max_batch_size}"))
@@ -154,11 +161,12 @@ def test_threads_resolved_by_the_child_do_not_stop_the_driver(tmp_path):
     assert "- threads=${hydra:sweeper.max_batch_size}\n" in overrides and overrides.count("threads=") == 1
 
 
-def test_a_second_driver_on_the_same_search_exits_at_once(tmp_path):
+@pytest.mark.slow  # the lock's own test: test_evolution.py (one driver per search)
+def test_a_second_driver_on_the_same_search_exits_at_once(tmp_path, evolve):
     sweep = tmp_path / "locked"
     small = ["generations=2", "population=2", "parents=1"]  # 5 networks: long enough to be driving when refused
-    first = subprocess.Popen([sys.executable, "evolve.py", f"hydra.sweep.dir={sweep}", *TINY, *small], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    first = subprocess.Popen(evolve.command(sweep, *small), cwd=evolve.root, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while not (sweep / "state.json").exists() and time.monotonic() < deadline and first.poll() is None:
@@ -182,7 +190,8 @@ def test_a_second_driver_on_the_same_search_exits_at_once(tmp_path):
     assert output.count("Launching 1 jobs locally") == 5
 
 
-def test_a_search_that_builds_the_crop_cache_equals_one_that_reuses_it(tmp_path):
+@pytest.mark.slow  # building leaves the random state alone: test_crop_cache.py
+def test_a_search_that_builds_the_crop_cache_equals_one_that_reuses_it(tmp_path, evolve):
     """Building the cache must not draw from global random state: the same search, cache built or found."""
     small = ["generations=1", "population=2", "parents=1", f"data.crop_cache={tmp_path / 'crops'}"]
     built = tmp_path / "built"
@@ -193,11 +202,12 @@ def test_a_search_that_builds_the_crop_cache_equals_one_that_reuses_it(tmp_path)
     assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=0)
 
 
-def test_resume_after_sigkill_mid_generation_matches_the_uninterrupted_search(basic_search, tmp_path):
+@pytest.mark.slow  # resume equals uninterrupted, results adopted: test_evolution.py
+def test_resume_after_sigkill_mid_generation_matches_the_uninterrupted_search(basic_search, evolve, tmp_path):
     _, uninterrupted, _ = basic_search
     sweep = tmp_path / "killed"
-    command = [sys.executable, "evolve.py", f"hydra.sweep.dir={sweep}", *TINY]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(evolve.command(sweep), cwd=evolve.root, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and process.poll() is None:
@@ -230,7 +240,7 @@ def test_resume_after_sigkill_mid_generation_matches_the_uninterrupted_search(ba
         assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
 
 
-def test_joblib_search_runs_children_in_parallel_workers(basic_search, tmp_path):
+def test_joblib_search_runs_children_in_parallel_workers(basic_search, evolve, tmp_path):
     _, basic, _ = basic_search
     sweep = tmp_path / "joblib"
     output = _ok(evolve(sweep, "launcher=joblib", "hydra.launcher.n_jobs=2"))
@@ -249,7 +259,7 @@ def test_joblib_search_runs_children_in_parallel_workers(basic_search, tmp_path)
     assert (sweep / PARETO_FILE).exists() and (sweep / FITNESS_FILE).exists() and (sweep / CSV_FILE).exists()
 
 
-def test_failed_children_are_recorded_and_the_search_goes_on(tmp_path):
+def test_failed_children_are_recorded_and_the_search_goes_on(tmp_path, evolve):
     sweep = tmp_path / "failures"
     output = _ok(evolve(sweep, "generations=1", "max_failure_rate=0.5", *FAIL,
                         "+callbacks.fail.raise_for=[2]", "+callbacks.fail.nan_for=[3]"))  # fmt: skip
@@ -263,7 +273,7 @@ def test_failed_children_are_recorded_and_the_search_goes_on(tmp_path):
     assert "FAILED" in output and state.history[1]["failed"] == 2
 
 
-def test_too_many_failures_stop_the_search_cleanly(tmp_path):
+def test_too_many_failures_stop_the_search_cleanly(tmp_path, evolve):
     sweep = tmp_path / "stopped"
     result = evolve(sweep, "generations=2", "max_failure_rate=0.5", *FAIL, "+callbacks.fail.raise_for=[1,2,3]")
     assert result.returncode != 0
@@ -275,7 +285,7 @@ def test_too_many_failures_stop_the_search_cleanly(tmp_path):
     assert (sweep / CSV_FILE).exists()
 
 
-def test_no_weight_transfer_and_offline_wandb(tmp_path):
+def test_no_weight_transfer_and_offline_wandb(tmp_path, evolve):
     sweep = tmp_path / "scratch"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
     env["HOME"] = str(tmp_path)  # no ~/.netrc: no W&B key
@@ -289,13 +299,17 @@ def test_no_weight_transfer_and_offline_wandb(tmp_path):
         assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
     search_runs = list((sweep / "wandb").glob("offline-run-*"))
     assert len(search_runs) == 1 and "wandb sync" in output
+    logged = next(search_runs[0].glob("*.wandb")).read_bytes()
+    assert b"individual/fitness" in logged  # the driver logs each child's fitness; children log none
+    for ind in state.individuals:
+        assert b"fitness" not in next((sweep / ind.directory / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
     tables = sorted((search_runs[0] / "files/media/table/search").glob("individuals_*.table.json"))
     assert len(tables) == 2  # one per generation
     last = json.loads(max(tables, key=lambda p: int(p.name.split("_")[1])).read_text())
     assert len(last["data"]) == 3 and {"genotype", "params", "val_loss", "fitness"} <= set(last["columns"])
 
 
-def test_multi_device_children_run_their_other_ranks(tmp_path):
+def test_multi_device_children_run_their_other_ranks(tmp_path, evolve):
     """trainer=ddp: Lightning re-runs the script for rank 1, which must train the child, not start a search."""
     sweep = tmp_path / "ddp"
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
@@ -309,7 +323,7 @@ def test_multi_device_children_run_their_other_ranks(tmp_path):
         assert (sweep / ind.directory / "rank_1.log").exists()
 
 
-def test_submitit_local_runs_a_generation(tmp_path):
+def test_submitit_local_runs_a_generation(tmp_path, evolve):
     sweep = tmp_path / "submitit"
     _ok(evolve(sweep, "launcher=submitit_local", "generations=1", "population=2", "parents=1"))
     state = load_state(sweep)
@@ -328,7 +342,7 @@ def test_submitit_local_runs_a_generation(tmp_path):
         ("trainer.max_epochs=7", "trainer.max_epochs=7: the search sets it for each child from epochs="),
     ],
 )
-def test_invalid_overrides_fail_before_anything_is_launched(tmp_path, override, message):
+def test_invalid_overrides_fail_before_anything_is_launched(tmp_path, evolve, override, message):
     sweep = tmp_path / "invalid"
     result = evolve(sweep, override)
     assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
@@ -336,11 +350,11 @@ def test_invalid_overrides_fail_before_anything_is_launched(tmp_path, override, 
     assert not (sweep / "state.json").exists() and not (sweep / "individuals").exists()
 
 
-def test_a_missing_data_root_is_refused_before_the_search_starts(tmp_path):
+def test_a_missing_data_root_is_refused_before_the_search_starts(tmp_path, root):
     """Every child would fail on it, and a state recording it would refuse the corrected resume."""
     sweep = tmp_path / "no-root"
     result = subprocess.run([sys.executable, "evolve.py", f"hydra.sweep.dir={sweep}", "data=coco", "logger=none"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+                            cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode != 0 and "error: data.root: has no value; set it (data.root=...)" in result.stderr
     assert not (sweep / "state.json").exists()
 

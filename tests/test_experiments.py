@@ -8,8 +8,6 @@ from hydra.utils import instantiate
 
 from evopose_pl.nets import count_parameters
 
-from .test_train import _compose
-
 # experiment -> (model class, input size, batch, epochs, warm-up epochs, scale_lr)
 PAPER = {
     "evopose2d_xs": ("EvoPoseNet", [256, 192], 512, 200, 5, True),
@@ -30,23 +28,21 @@ PAPER = {
 SEARCHES = {"e1", "e2", "e3", "e3_no_transfer"}  # evolve.py's, tested with it
 
 
-def test_every_experiment_is_accounted_for(tmp_path):
-    from .conftest import CONF_DIR
-
-    assert {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")} == set(PAPER) | SEARCHES | {"coco_sample"}
+def test_every_experiment_is_accounted_for(conf_dir):
+    assert {p.stem for p in (conf_dir / "experiment").glob("*.yaml")} == set(PAPER) | SEARCHES | {"coco_sample"}
 
 
 @pytest.mark.parametrize("experiment", sorted(PAPER))
-def test_paper_experiment_composes_and_builds(experiment, tmp_path):
+def test_paper_experiment_composes_and_builds(compose, experiment, tmp_path):
     cls, size, batch, epochs, warmup, scale = PAPER[experiment]
     overrides = [f"experiment={experiment}", "data.root=/data/coco"]
     if experiment in ("evopose2d_s_wt", "posetrack_finetune"):
         weights = tmp_path / "weights.pt"
-        torch.save(instantiate(_compose("model=evopose2d_s").model).state_dict(), weights)
+        torch.save(instantiate(compose("train", "model=evopose2d_s").model).state_dict(), weights)
         overrides.append(f"model.pretrained={weights}")
-    cfg = _compose(*overrides)
+    cfg = compose("train", *overrides)
     assert list(cfg.data.input_size) == size and cfg.data.batch_size == batch
-    assert cfg.trainer.max_epochs == epochs and cfg.module.warmup_epochs == warmup and cfg.module.scale_lr is scale
+    assert cfg.trainer.max_epochs == epochs and cfg.recipe.warmup_epochs == warmup and cfg.recipe.scale_lr is scale
     assert cfg.trainer.precision == "bf16-mixed" and cfg.data._target_.endswith("PoseDataModule")
     keypoints = 15 if experiment == "posetrack_finetune" else 17
     net = instantiate(cfg.model, num_keypoints=keypoints)
@@ -56,11 +52,11 @@ def test_paper_experiment_composes_and_builds(experiment, tmp_path):
     assert trainer.max_epochs == epochs
 
 
-def test_posetrack_finetuning_replaces_the_final_layer(tmp_path):
-    coco = instantiate(_compose("model=evopose2d_s").model)
+def test_posetrack_finetuning_replaces_the_final_layer(compose, tmp_path):
+    coco = instantiate(compose("train", "model=evopose2d_s").model)
     weights = tmp_path / "coco.pt"
     torch.save(coco.state_dict(), weights)
-    cfg = _compose("experiment=posetrack_finetune", "data.root=/data/posetrack", f"model.pretrained={weights}")
+    cfg = compose("train", "experiment=posetrack_finetune", "data.root=/data/posetrack", f"model.pretrained={weights}")
     net = instantiate(cfg.model, num_keypoints=15)
     assert torch.equal(net.stem.conv.weight, coco.stem.conv.weight)
     assert not torch.equal(net.final.weight, coco.final.weight[:15])  # fresh, not the first 15 COCO channels

@@ -76,7 +76,7 @@ def test_bad_strings_name_the_part(text, culprit):
         (3, "repeats", 5, "modules[3].repeats=5 is outside [1, 4]"),
         (6, "channels_div8", 41, "modules[6].channels_div8=41 is outside [1, 40]"),
         (0, "channels_div8", 3, "modules[0].channels_div8=3 is outside [1, 2]"),
-        (1, "stride", 1, "modules[1].stride=1 differs from the ancestor's 2"),
+        (1, "stride", 1, "modules[1].stride=1 differs from the search space's bounds (2)"),
         (4, "stride", 2, "5 modules have stride 2"),
     ],
 )
@@ -110,7 +110,7 @@ def test_space_size_counts_every_backbone():
 
     # Brute force on a tiny space: enumerate and validate everything.
     tiny = SearchSpace(
-        ancestor=[[3, 1, 2, 1], [3, 2, 1, 2], [5, 1, 2, 2]], max_repeats=2, stride_modules=(0, 2), max_stride2=2
+        bounds=[[3, 1, 2, 1], [3, 2, 1, 2], [5, 1, 2, 2]], max_repeats=2, stride_modules=(0, 2), max_stride2=2
     )
     count = sum(
         tiny.contains([[k0, r0, c0, s0], [k1, r1, 1, 2], [k2, r2, c2, s2]])
@@ -131,5 +131,17 @@ def test_space_size_counts_every_backbone():
 def test_space_rejects_bad_bounds():
     with pytest.raises(GenotypeError, match="stride_modules"):
         SearchSpace(stride_modules=(7,))
-    with pytest.raises(GenotypeError, match="the ancestor"):
+    with pytest.raises(GenotypeError, match=r"^bounds: modules\[2\].kernel=5 is not one of \[3\]"):
         SearchSpace(kernels=(3,))
+
+
+def test_the_space_is_bounded_by_a_genotype_that_is_not_called_the_ancestor(test_genotype):
+    """``ancestor`` means where a search starts (``Settings.ancestor``); the space has bounds."""
+    small = Genotype.from_string(test_genotype)
+    space = SearchSpace(bounds=small)
+    assert space.bounds == small and space.channel_caps == (1, 2, 3, 4, 6, 8, 8)
+    assert not hasattr(space, "ancestor")
+    with pytest.raises(TypeError, match="ancestor"):
+        SearchSpace(ancestor=small)
+    with pytest.raises(GenotypeError, match=r"channels_div8=2 is outside \[1, 1\] \(the cap is that module's"):
+        space.validate(ANCESTOR.replace(0, "repeats", 1).replace(0, "channels_div8", 2))

@@ -13,8 +13,6 @@ import torch
 
 from evopose_pl.predict import load_pose_module
 
-from .conftest import ROOT
-
 
 @pytest.fixture
 def checkpoint(trained_checkpoint):
@@ -24,19 +22,20 @@ def checkpoint(trained_checkpoint):
 def test_checkpoint_rebuilds_its_network_and_keypoint_set(checkpoint):
     module = load_pose_module(checkpoint)
     assert type(module.net).__name__ == "EvoPoseNet" and module.input_size == (64, 48)
-    names = module.hparams.keypoint_names
+    names, skeleton = module.keypoint_info.names, [list(pair) for pair in module.keypoint_info.skeleton]
     assert len(names) == 17 and names[0] == "nose" and module.flip_index[1] == 2
-    assert [5, 6] in [list(p) for p in module.hparams.skeleton] or [6, 5] in [list(p) for p in module.hparams.skeleton]
+    assert [5, 6] in skeleton or [6, 5] in skeleton
+    assert module.codec.describe() == {"name": "heatmap", "settings": {"sigma": None, "keypoint_threshold": 0.2}}
     saved = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert torch.equal(module.net.final.weight, saved["net.final.weight"])
 
 
-def test_predict_on_the_coco_sample_with_its_detections(checkpoint, coco_sample, tmp_path):
+def test_predict_on_the_coco_sample_with_its_detections(checkpoint, coco_sample, tmp_path, root):
     out = tmp_path / "predictions"
     result = subprocess.run(
         [sys.executable, "-m", "evopose_pl.predict", f"ckpt={checkpoint}", f"images={coco_sample}",
          f"detections={coco_sample / 'test_coco_det_AP_H_56.json'}", f"output={out}", "device=cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=root, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     detections = json.loads((coco_sample / "test_coco_det_AP_H_56.json").read_text())
@@ -62,9 +61,9 @@ def test_predict_without_detections_uses_the_whole_image(checkpoint, coco_sample
     assert len(results) == 1 and results[0]["image_id"] == int(image.stem)
 
 
-def test_predict_reports_bad_arguments(checkpoint, tmp_path):
+def test_predict_reports_bad_arguments(checkpoint, tmp_path, root):
     def predict(*args):
-        return subprocess.run([sys.executable, "-m", "evopose_pl.predict", *args], cwd=ROOT, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "evopose_pl.predict", *args], cwd=root, capture_output=True,
                               text=True)  # fmt: skip
 
     assert "ckpt=" in predict(f"images={tmp_path}").stderr
@@ -73,13 +72,13 @@ def test_predict_reports_bad_arguments(checkpoint, tmp_path):
     assert "no such checkpoint" in predict(f"ckpt={tmp_path / 'x.ckpt'}", f"images={tmp_path}").stderr
 
 
-def test_onnx_export_matches_pytorch_heatmaps_at_two_batch_sizes(checkpoint, tmp_path):
+def test_onnx_export_matches_pytorch_heatmaps_at_two_batch_sizes(checkpoint, tmp_path, root):
     import onnxruntime as ort
 
     out = tmp_path / "model.onnx"
     result = subprocess.run(
         [sys.executable, "-m", "evopose_pl.export", f"ckpt={checkpoint}", "format=onnx", f"output={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=root, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     module = load_pose_module(checkpoint, flip_test=False)

@@ -6,12 +6,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from evopose_pl.codecs import HeatmapCodec
 from evopose_pl.datamodule import SyntheticDataModule
 from evopose_pl.module import PoseModule
 from evopose_pl.nets import EvoPoseNet
+from evopose_pl.recipes import AdamWarmupCosine
 
-# A narrow genotype with a 32-channel head: 0.20M parameters, 0.01G FLOPs at 64x48.
-SMALL = "k3r1c1s1-k3r1c2s2-k3r1c3s2-k3r1c4s2-k3r1c6s1-k3r1c8s1-k3r1c8s1"
 INPUT = (64, 48)
 
 
@@ -28,11 +28,13 @@ def synthetic(tmp_path_factory) -> SyntheticDataModule:
     )
 
 
-def _module(dm: SyntheticDataModule, tmp_path) -> PoseModule:
+def _module(dm: SyntheticDataModule, genotype: str, tmp_path) -> PoseModule:
+    """The test genotype with a 32-channel head: 0.20M parameters, 0.01G FLOPs at 64x48."""
     torch.manual_seed(0)
     info = dm.keypoint_info
-    net = EvoPoseNet(SMALL, num_keypoints=info.num_keypoints, head_channels=32)
-    return PoseModule(net, INPUT, dm.batch_size, info.flip_index, lr=3e-3, warmup_epochs=0, results_dir=tmp_path)
+    net = EvoPoseNet(genotype, num_keypoints=info.num_keypoints, head_channels=32)
+    recipe = AdamWarmupCosine(lr=3e-3, warmup_epochs=0)
+    return PoseModule(net, HeatmapCodec(), recipe, info, INPUT, dm.batch_size, results_dir=tmp_path)
 
 
 def _trainer(tmp_path, epochs: int) -> pl.Trainer:
@@ -41,15 +43,16 @@ def _trainer(tmp_path, epochs: int) -> pl.Trainer:
                       num_sanity_val_steps=0)  # fmt: skip
 
 
-def test_untrained_network_scores_near_zero(synthetic, tmp_path):
-    module = _module(synthetic, tmp_path)
+def test_untrained_network_scores_near_zero(synthetic, test_genotype, tmp_path):
+    module = _module(synthetic, test_genotype, tmp_path)
     _trainer(tmp_path, 1).test(module, synthetic, verbose=False)
     assert module.test_metrics["AP"] < 0.002 and module.test_metrics["AP50"] < 0.01
 
 
-def test_small_network_learns_the_synthetic_data(synthetic, tmp_path):
+@pytest.mark.slow  # minutes on 2 cores; `python train.py` shows learning on every run (README)
+def test_small_network_learns_the_synthetic_data(synthetic, test_genotype, tmp_path):
     """Measured on 2 cores: 40 epochs (960 steps) in 104 s; AP 0.026, AP50 0.109, val loss 240 -> 142."""
-    module = _module(synthetic, tmp_path)
+    module = _module(synthetic, test_genotype, tmp_path)
     trainer = _trainer(tmp_path, 40)
     trainer.fit(module, synthetic)
     assert module.best_val_loss < 170

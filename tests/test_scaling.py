@@ -44,6 +44,16 @@ def test_round_repeats_is_ceil():
     assert round_repeats(3, 1.0) == 3
 
 
+def test_filters_and_repeats_are_the_decoders_rule():
+    s = CompoundScaling()
+    assert [s.filters(c, (256, 192)) for c in (16, 32, 128)] == [16, 32, 128]
+    assert [s.repeats(r, (256, 192)) for r in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    depth, width = s.coefficients((384, 288))
+    assert s.filters(32, (384, 288)) == round_filters(32, width) == 40
+    assert s.repeats(3, (384, 288)) == round_repeats(3, depth) == 6
+    assert CompoundScaling(divisor=16).filters(40, (256, 192)) == 48
+
+
 def test_drop_connect_thresholds():
     sizes = ((256, 192), (240, 240), (320, 256), (300, 300), (384, 288), (512, 384), (600, 400))
     assert [drop_connect_rate(s) for s in sizes] == [0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.5]

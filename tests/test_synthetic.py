@@ -1,13 +1,16 @@
-"""The embedded synthetic dataset: deterministic, cached, COCO-schema, honest visibility."""
+"""The embedded synthetic dataset: deterministic, cached, COCO-schema and MPII-format, honest visibility."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
+import pytest
+from omegaconf import OmegaConf
 from pycocotools.coco import COCO
 
-from evopose_pl.data import TopDownDataset
+from evopose_pl.data import MpiiAnnotations, TopDownDataset
 from evopose_pl.data.synthetic import COCO_KEYPOINTS, SyntheticConfig, ensure_synthetic, generate
 
 SMALL = SyntheticConfig(train_images=30, val_images=10)
@@ -64,3 +67,52 @@ def test_val_detections_jitter_every_person_and_add_false_positives(tmp_path):
     assert (scores < 0.5).sum() == len(detections) - len(annotations)  # the false positives score low
     ds = TopDownDataset(paths.val_annotations, paths.images("val"), (64, 48), detections=paths.val_detections)
     assert len(ds) == len(detections) and ds[0]["image"].shape == (3, 64, 48)
+
+
+def test_the_embedded_defaults_are_the_yaml_s(compose):
+    """SyntheticConfig's defaults are what data=synthetic (and data=mpii_synthetic: the same images) generate."""
+    defaults = {
+        key: list(value) if isinstance(value, tuple) else value for key, value in asdict(SyntheticConfig()).items()
+    }
+    for data in ("synthetic", "mpii_synthetic"):
+        configured = OmegaConf.to_container(compose("train", f"data={data}").data.synthetic)
+        assert configured == {key: defaults[key] for key in configured}, data
+    assert (SyntheticConfig().train_images, SyntheticConfig().val_images) == (2000, 100)
+
+
+def test_mpii_format_holds_the_same_people_in_mpii_s_convention(tmp_path):
+    paths = generate(tmp_path, SyntheticConfig(train_images=40, val_images=5))
+    coco = json.loads(paths.train_annotations.read_text())
+    names = {image["id"]: image["file_name"] for image in coco["images"]}
+    w, h = coco["images"][0]["width"], coco["images"][0]["height"]
+    records = json.loads(paths.mpii_train_annotations.read_text())
+    assert len(records) == len(coco["annotations"])
+    assert [r["image"] for r in records] == [names[a["image_id"]] for a in coco["annotations"]]
+    # MPII's joints 1-based, its order; the joints both sets have are the COCO keypoints, labelled alike
+    shared = {0: 16, 1: 14, 2: 12, 3: 11, 4: 13, 5: 15, 10: 10, 11: 8, 12: 6, 13: 5, 14: 7, 15: 9}
+    for record, annotation in zip(records, coco["annotations"]):
+        joints, visible = np.array(record["joints"]), np.array(record["joints_vis"])
+        keypoints = np.array(annotation["keypoints"]).reshape(17, 3)
+        for j, k in shared.items():
+            assert visible[j] == (keypoints[k, 2] > 0)
+            if visible[j]:
+                assert joints[j] - 1 == pytest.approx(keypoints[k, :2], abs=0.02)
+        assert np.all(joints[visible == 0] == -1)
+        inside = joints[visible > 0] - 1
+        assert np.all((inside >= 0) & (inside <= [w - 1, h - 1]))
+        x1, y1, x2, y2 = record["head_box"]
+        top, neck = joints[9], joints[8]
+        if visible[9] and visible[8]:
+            # head_top on the box's top edge, upper_neck inside it near its bottom; scale x 200 = 6 head segments
+            assert top[1] == pytest.approx(y1) and x1 <= top[0] <= x2 and x1 <= neck[0] <= x2
+            assert y2 - 0.25 * (y2 - y1) <= neck[1] <= y2 + 0.01
+            assert record["scale"] * 200 == pytest.approx(6 * np.linalg.norm(top - neck), rel=1e-3, abs=0.02)
+        if visible[[2, 3, 6]].all():  # pelvis between the hips, thorax between the shoulders
+            assert joints[6] == pytest.approx((joints[2] + joints[3]) / 2, abs=0.02)
+        if visible.all():  # the loaders' centre (y + 15 x scale) is the middle of the joints
+            middle = (joints.min(0) + joints.max(0)) / 2
+            shifted = np.array(record["center"]) + [0, 15 * record["scale"]]
+            assert shifted == pytest.approx(middle, abs=0.1)
+    mpii = MpiiAnnotations(paths.mpii_val_annotations, paths.images("val"))
+    assert all(inst.head_box is not None for inst in mpii.instances)
+    assert len(mpii.instances) == len(json.loads(paths.val_annotations.read_text())["annotations"])

@@ -76,7 +76,8 @@ def _mirror(name: str) -> str:
 
 @dataclass(frozen=True)
 class Instance:
-    """One person to crop: its image, box, keypoints (K, 3) in image pixels, and box score."""
+    """One person to crop: its image, box, keypoints (K, 3) in image pixels (0-based; visibility > 0 where
+    labelled), and box score; MPII people also carry their head box."""
 
     image_id: int
     image_path: Path
@@ -84,6 +85,7 @@ class Instance:
     keypoints: np.ndarray
     score: float = 1.0
     record: str = ""  # where it came from, for error messages
+    head_box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in image pixels (MPII's PCKh)
 
 
 class CocoKeypoints:
@@ -186,11 +188,17 @@ class CocoKeypoints:
             return None
         return Instance(int(image["id"]), self.image_path(image["id"]), (x1, y1, x2 - x1, y2 - y1), kp, 1.0, record)
 
-    def detections(self, detections_file: str | os.PathLike, score_threshold: float = 0.0) -> list[Instance]:
-        """Person boxes from a detections JSON (COCO results format), as test instances."""
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files the instances are read from (what a crop cache depends on)."""
+        return (self.annotation_file,)
+
+    def detections(self, detections_file: str | os.PathLike, box_threshold: float = 0.0) -> list[Instance]:
+        """Person boxes from a detections JSON (COCO results format) scoring at least ``box_threshold``,
+        as test instances."""
         empty = np.zeros((self.num_keypoints, 3), np.float32)
         instances = []
-        for det in read_detections(detections_file, score_threshold):
+        for det in read_detections(detections_file, box_threshold):
             if det.image_id not in self.images:
                 raise AnnotationError(f"{det.record}: image_id {det.image_id} is not in {self.annotation_file}")
             instances.append(
@@ -206,7 +214,7 @@ class Detection(NamedTuple):
     record: str  # file and index, for error messages
 
 
-def read_detections(detections_file: str | os.PathLike, score_threshold: float = 0.0) -> list[Detection]:
+def read_detections(detections_file: str | os.PathLike, box_threshold: float = 0.0) -> list[Detection]:
     """Person boxes of a detections JSON (COCO results format: image_id, bbox, score), above the threshold."""
     path = Path(detections_file)
     detections = _read_json(path, "detections file")
@@ -224,6 +232,6 @@ def read_detections(detections_file: str | os.PathLike, score_threshold: float =
             raise AnnotationError(f"{record}: 'bbox' must be [x, y, width, height], finite numbers, not {box!r}")
         if not _finite_number(score):
             raise AnnotationError(f"{record}: 'score' must be a finite number, not {score!r}")
-        if score >= score_threshold and box[2] > 0 and box[3] > 0:
+        if score >= box_threshold and box[2] > 0 and box[3] > 0:
             found.append(Detection(int(det["image_id"]), tuple(float(v) for v in box), float(score), record))
     return found

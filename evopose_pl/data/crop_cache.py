@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from evopose_pl.data.coco import CocoKeypoints
-from evopose_pl.data.dataset import TopDownDataset, check_image_files, sample
+from evopose_pl.data.coco import Instance, KeypointInfo
+from evopose_pl.data.dataset import KeypointAnnotations, TopDownDataset, check_image_files, sample
 from evopose_pl.data.transforms import (
     box_to_center_scale,
     compose,
@@ -42,19 +42,22 @@ _ARRAYS = ("crops", "keypoints", "affines")
 
 
 def cache_key(dataset: TopDownDataset) -> str:
-    """What the crops depend on: the annotation file (path, size, time), the images, the input size."""
+    """What the crops depend on: the annotation files (path, size, time), the images, the input size."""
     annotations = Path(dataset.annotation_file).resolve()
     stat = annotations.stat()
+    # Files besides the annotation file (MPII's official ground truth: its joints replace the json's).
+    others = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in dataset.annotations.files[1:]]
     blob = json.dumps(
         [
             CACHE_VERSION,
             str(annotations),
             stat.st_size,
             stat.st_mtime_ns,
-            str(dataset.coco.images_dir.resolve()),
+            str(dataset.annotations.images_dir.resolve()),
             list(dataset.input_size),
             len(dataset),
         ]  # fmt: skip
+        + others
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -82,7 +85,7 @@ def _build(dataset: TopDownDataset, root: Path, num_workers: int) -> None:
     """Write the cache of ``dataset`` under ``root`` (a fresh folder)."""
     root.mkdir(parents=True)
     crops = _Crops(dataset)
-    n, k = len(dataset), dataset.coco.keypoint_info.num_keypoints
+    n, k = len(dataset), dataset.keypoint_info.num_keypoints
     shapes = {"crops": (n, 3, *crops.size), "keypoints": (n, k, 3), "affines": (n, 2, 3)}
     dtypes = {"crops": np.uint8, "keypoints": np.float32, "affines": np.float32}
     arrays = {
@@ -121,12 +124,20 @@ class CachedCrops(Dataset):
         self.arrays()  # fail here, not in a worker, on a cache that does not fit the dataset
 
     @property
-    def coco(self) -> CocoKeypoints:
-        return self.dataset.coco
+    def annotations(self) -> KeypointAnnotations:
+        return self.dataset.annotations
 
     @property
-    def annotation_file(self) -> os.PathLike:
+    def annotation_file(self) -> Path:
         return self.dataset.annotation_file
+
+    @property
+    def keypoint_info(self) -> KeypointInfo:
+        return self.dataset.keypoint_info
+
+    @property
+    def instances(self) -> list[Instance]:
+        return self.dataset.instances
 
     @property
     def nbytes(self) -> int:
@@ -166,7 +177,7 @@ class CachedCrops(Dataset):
             matrix = compose(mirror_crop_matrix(width), matrix)
         else:
             crop = arrays["crops"][index, :, :, :width]
-        return sample(crop, mask_outside(keypoints, self.input_size), matrix, self.dataset.instances[index])
+        return sample(crop, mask_outside(keypoints, self.input_size), matrix, self.dataset.instances[index], index)
 
 
 def ensure_crop_cache(dataset: TopDownDataset, cache_dir: str | os.PathLike, num_workers: int = 0) -> CachedCrops:

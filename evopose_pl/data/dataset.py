@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from evopose_pl.data.coco import AnnotationError, CocoKeypoints, Instance
+from evopose_pl.data.coco import AnnotationError, CocoKeypoints, Instance, KeypointInfo
 from evopose_pl.data.transforms import Augmentation, sample_matrix, transform_keypoints, warp
 
 # A JPEG ends with the end-of-image marker FF D9. Inside a scan's entropy-coded data an FF byte is
@@ -106,13 +107,34 @@ def check_image_files(instances: Sequence[Instance]) -> None:
         raise (FileNotFoundError if missing else ImageFileError)(message)
 
 
+class KeypointAnnotations(Protocol):
+    """An annotation source ``TopDownDataset`` crops people from: ``CocoKeypoints`` or ``MpiiAnnotations``."""
+
+    annotation_file: Path
+    images_dir: Path
+    keypoint_info: KeypointInfo
+    instances: list[Instance]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files the instances are read from."""
+
+    def skip_summary(self) -> str:
+        """The annotations left out, by reason, for the log."""
+
+    def detections(self, detections_file: str | os.PathLike, box_threshold: float = 0.0) -> list[Instance]:
+        """A detector's person boxes as test instances."""
+
+
 class TopDownDataset(Dataset):
-    """Person crops from a COCO-format keypoint dataset.
+    """Person crops from a keypoint dataset: COCO-format (an annotation file and its images folder) or
+    any annotation source (``CocoKeypoints``, ``MpiiAnnotations``).
 
     ``detections`` switches from ground-truth boxes (training, validation) to a detector's boxes
-    (testing). A sample holds ``image`` (3, H, W) uint8 RGB, ``keypoints`` (K, 3) in input pixels
-    with visibility (0 once outside the crop), and ``image_id``, ``affine`` (image -> input,
-    2x3) and ``score`` (the box score) to map predictions back.
+    scoring at least ``box_threshold`` (testing). A sample holds ``image`` (3, H, W) uint8 RGB,
+    ``keypoints`` (K, 3) in input pixels with visibility (0 once outside the crop), ``index`` (the
+    person's position in the split, where a metric finds its ground truth), and ``image_id``,
+    ``affine`` (image -> input, 2x3) and ``score`` (the box score) to map predictions back.
 
     Construction refuses bad data up front, before any training: an empty split (``AnnotationError``
     with the skip counts), and, unless ``check_images`` is False, missing images and truncated
@@ -121,49 +143,61 @@ class TopDownDataset(Dataset):
 
     def __init__(
         self,
-        annotation_file: str | os.PathLike,
-        images_dir: str | os.PathLike,
+        annotations: KeypointAnnotations | str | os.PathLike,
+        images_dir: str | os.PathLike | None = None,
         input_size: Sequence[int] = (256, 192),
         augmentation: Augmentation | None = None,
         detections: str | os.PathLike | None = None,
-        score_threshold: float = 0.0,
+        box_threshold: float = 0.0,
         seed: int = 0,
         check_images: bool = True,
     ) -> None:
-        self.coco = CocoKeypoints(annotation_file, images_dir)
+        if isinstance(annotations, (str, os.PathLike)):
+            if images_dir is None:
+                raise ValueError(f"TopDownDataset: the COCO annotation file {annotations} needs its images_dir")
+            annotations = CocoKeypoints(annotations, images_dir)
+        elif images_dir is not None:
+            raise ValueError(
+                "TopDownDataset: images_dir goes with an annotation file; an annotation source knows its images"
+            )
+        self.annotations: KeypointAnnotations = annotations
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.augmentation = augmentation
         self.seed = seed
         self.detections = None if detections is None else Path(detections)
-        self.score_threshold = score_threshold
+        self.box_threshold = box_threshold
         self.instances: list[Instance] = (
-            self.coco.instances if detections is None else self.coco.detections(detections, score_threshold)
+            annotations.instances if detections is None else annotations.detections(detections, box_threshold)
         )
         if not self.instances:
             raise AnnotationError(
-                f"{self.coco.annotation_file}: no valid person instance ({self.coco.skip_summary()}): the split "
+                f"{annotations.annotation_file}: no valid person instance ({annotations.skip_summary()}): the split "
                 "would be empty"
                 if detections is None
-                else f"detections file {detections}: no person detection with score >= {score_threshold} and a "
-                f"non-empty box among the images of {self.coco.annotation_file}: the test split would be empty"
+                else f"detections file {detections}: no person detection with score >= {box_threshold} and a "
+                f"non-empty box among the images of {annotations.annotation_file}: the test split would be empty"
             )
         if check_images:
             check_image_files(self.instances)
-        info = self.coco.keypoint_info
+        info = annotations.keypoint_info
         self.flip_index, self.upper_body = info.flip_index, info.upper_body
         # Shared memory: persistent loader workers hold copies of the dataset made at their start,
         # and must still see the epoch the main process sets.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
-    def annotation_file(self) -> os.PathLike:
-        return self.coco.annotation_file
+    def annotation_file(self) -> Path:
+        return self.annotations.annotation_file
+
+    @property
+    def keypoint_info(self) -> KeypointInfo:
+        return self.annotations.keypoint_info
 
     def summary(self) -> str:
         """What the split holds and what was left out, for the log: a documented, counted skip."""
         if self.detections is not None:
-            return f"{len(self)} person boxes of {self.detections} with score >= {self.score_threshold}"
-        return f"{len(self)} person instances of {self.coco.annotation_file} ({self.coco.skip_summary()})"
+            return f"{len(self)} person boxes of {self.detections} with score >= {self.box_threshold}"
+        return f"{len(self)} person instances of {self.annotation_file} ({self.annotations.skip_summary()})"
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed augmentation per epoch, so each epoch sees new draws, reproducibly."""
@@ -193,15 +227,18 @@ class TopDownDataset(Dataset):
         )  # fmt: skip
         crop = cv2.cvtColor(warp(image, matrix, self.input_size), cv2.COLOR_BGR2RGB).transpose(2, 0, 1)
         keypoints = transform_keypoints(inst.keypoints, matrix, flipped, self.flip_index, self.input_size)
-        return sample(crop, keypoints, matrix, inst)
+        return sample(crop, keypoints, matrix, inst, index)
 
 
-def sample(crop: np.ndarray, keypoints: np.ndarray, matrix: np.ndarray, inst: Instance) -> dict[str, torch.Tensor]:
-    """One training or test sample: the (3, H, W) uint8 RGB crop, its keypoints, and what maps
-    predictions back to the image."""
+def sample(
+    crop: np.ndarray, keypoints: np.ndarray, matrix: np.ndarray, inst: Instance, index: int
+) -> dict[str, torch.Tensor]:
+    """One training or test sample: the (3, H, W) uint8 RGB crop, its keypoints, the person's index in
+    the split, and what maps predictions back to the image."""
     return {
         "image": torch.from_numpy(np.ascontiguousarray(crop)),
         "keypoints": torch.from_numpy(keypoints),
+        "index": int(index),
         "image_id": inst.image_id,
         "affine": torch.from_numpy(matrix.astype(np.float32)),
         "score": torch.tensor(inst.score, dtype=torch.float32),

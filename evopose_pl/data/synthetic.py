@@ -1,4 +1,4 @@
-"""An embedded synthetic COCO-format keypoint dataset, so everything runs with no download.
+"""An embedded synthetic keypoint dataset, COCO- and MPII-format, so everything runs with no download.
 
 Each image holds 1-3 articulated stick figures facing the camera (so a person's left side is
 on the image's right, as in most of COCO), with the 17 COCO keypoints in anatomical order and
@@ -6,6 +6,15 @@ plausible joint angles, drawn over noisy, textured backgrounds. People vary in s
 and colour; some overlap, some are cut by the image border or hidden behind an occluder.
 Visibility is honest: 2 where the joint is seen, 1 where something drawn later covers it, 0
 (with zero coordinates) outside the image. Generation is deterministic in the seed.
+
+The same people are also written in MPII's format (``mpii_train.json``, ``mpii_val.json``: MPII's 16
+joints in its 1-based pixels, ``center`` and ``scale``, and an inline ``head_box``), the four joints
+COCO lacks taken from the figure's geometry: pelvis and thorax between the hips and the shoulders,
+upper_neck and head_top where the neck line and the vertical meet the drawn head's ellipse, and the
+head box around that ellipse. As in the real annotations, ``scale`` x 200 is 6 head segments
+(upper_neck to head_top); ``center`` is the middle of the joints less 15 x scale in y (the loaders add
+it back), and an MPII joint is annotated (``joints_vis`` 1) wherever it lies in the image, else it is
+``[-1, -1]`` with ``joints_vis`` 0.
 """
 
 from __future__ import annotations
@@ -50,19 +59,27 @@ COCO_SKELETON = (
 _LIMBS = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16))
 
 
+# COCO keypoint -> MPII joint, for the joints both sets have (MPII's order; -1: from the figure's geometry).
+_COCO_FOR_MPII = (16, 14, 12, 11, 13, 15, -1, -1, -1, -1, 10, 8, 6, 5, 7, 9)
+#: Bumped whenever the generated files change, so that a cached dataset of an older generator is not reused
+#: (2: MPII-format annotations beside the COCO ones).
+GENERATOR_VERSION = 2
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Sizes of the generated dataset; a change of any field generates a new dataset."""
+    """Sizes of the generated dataset; a change of any field generates a new dataset. The defaults are
+    those of ``conf/data/synthetic.yaml``."""
 
-    train_images: int = 1200
-    val_images: int = 200
+    train_images: int = 2000
+    val_images: int = 100
     image_size: tuple[int, int] = (256, 320)  # height, width
     min_height: float = 0.35  # person height as a fraction of the image height
     max_height: float = 0.9
     seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps({**asdict(self), "generator": GENERATOR_VERSION}, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:10]
 
 
@@ -81,6 +98,14 @@ class SyntheticPaths:
     @property
     def val_detections(self) -> Path:
         return self.root / "annotations" / "person_detections_val.json"
+
+    @property
+    def mpii_train_annotations(self) -> Path:
+        return self.root / "annotations" / "mpii_train.json"
+
+    @property
+    def mpii_val_annotations(self) -> Path:
+        return self.root / "annotations" / "mpii_val.json"
 
     def images(self, split: str) -> Path:
         return self.root / "images" / split
@@ -107,7 +132,7 @@ def ensure_synthetic(cache_dir: str | os.PathLike, config: SyntheticConfig | Non
 
 
 def generate(root: str | os.PathLike, config: SyntheticConfig) -> SyntheticPaths:
-    """Write images, COCO annotations for train and val, and val person detections under ``root``."""
+    """Write images, COCO and MPII annotations for train and val, and val person detections under ``root``."""
     paths = SyntheticPaths(Path(root))
     (paths.root / "annotations").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
@@ -124,14 +149,15 @@ def generate(root: str | os.PathLike, config: SyntheticConfig) -> SyntheticPaths
     for split, count in (("train", config.train_images), ("val", config.val_images)):
         folder = paths.images(split)
         folder.mkdir(parents=True, exist_ok=True)
-        images, annotations, detections = [], [], []
+        images, annotations, detections, mpii = [], [], [], []
         for _ in range(count):
             image, people = _draw_image(rng, config)
             name = f"{image_id:08d}.jpg"
             cv2.imwrite(str(folder / name), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
             h, w = image.shape[:2]
             images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-            for keypoints, box, area in people:
+            for keypoints, box, area, figure in people:
+                mpii.append(_mpii_record(name, figure, (h, w)))
                 annotations.append(
                     {
                         "id": ann_id,
@@ -151,6 +177,7 @@ def generate(root: str | os.PathLike, config: SyntheticConfig) -> SyntheticPaths
             image_id += 1
         data = {"images": images, "annotations": annotations, "categories": categories}
         (paths.root / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(data))
+        (paths.root / "annotations" / f"mpii_{split}.json").write_text(json.dumps(mpii))
         if split == "val":
             paths.val_detections.write_text(json.dumps(detections))
     (paths.root / "config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -241,14 +268,14 @@ def _draw_person(canvas: np.ndarray, mask: np.ndarray, pts: np.ndarray, height: 
 def _draw_image(rng: np.random.Generator, config: SyntheticConfig):
     h, w = config.image_size
     canvas = _background(rng, (h, w))
-    layers = []  # (keypoints, silhouette mask), in drawing order
+    layers = []  # (keypoints, silhouette mask, height), in drawing order
     for _ in range(rng.integers(1, 4)):
         height = rng.uniform(config.min_height, config.max_height) * h
         center = np.array([rng.uniform(0.05, 0.95) * w, rng.uniform(0.3, 0.75) * h])
         pts = _pose(rng, height, center)
         mask = np.zeros((h, w), np.uint8)
         _draw_person(canvas, mask, pts, height, rng)
-        layers.append((pts, mask))
+        layers.append((pts, mask, height))
     cover = np.zeros((h, w), np.uint8)
     if rng.random() < 0.25:  # an occluder in front of everyone
         x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
@@ -257,9 +284,9 @@ def _draw_image(rng: np.random.Generator, config: SyntheticConfig):
         cv2.rectangle(canvas, (x, y), (x + dx, y + dy), colour, -1)
         cv2.rectangle(cover, (x, y), (x + dx, y + dy), 1, -1)
     people = []
-    for index, (pts, mask) in enumerate(layers):
+    for index, (pts, mask, height) in enumerate(layers):
         hidden = cover.copy()
-        for _, later in layers[index + 1 :]:
+        for _, later, _ in layers[index + 1 :]:
             hidden |= later
         own = mask & (1 - hidden)
         ys, xs = np.nonzero(own)
@@ -273,8 +300,43 @@ def _draw_image(rng: np.random.Generator, config: SyntheticConfig):
         if not keypoints[:, 2].any():
             continue
         box = (float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
-        people.append((keypoints, box, int(len(xs))))
+        people.append((keypoints, box, int(len(xs)), _mpii_joints(pts, height)))
     return np.clip(canvas, 0, 255).astype(np.uint8), people
+
+
+def _head(pts: np.ndarray, height: float) -> tuple[np.ndarray, float, float]:
+    """The drawn head ellipse: its centre and half-axes (x, y), as ``_draw_person`` draws it."""
+    u = height / 8.0
+    return ((pts[3] + pts[4]) / 2).round(), float(max(1, int(0.55 * u))), float(max(1, int(0.7 * u)))
+
+
+def _mpii_joints(pts: np.ndarray, height: float) -> tuple[np.ndarray, np.ndarray]:
+    """MPII's 16 joints (x, y) of a figure from its 17 COCO points, and its head box [x1, y1, x2, y2]."""
+    head, a, b = _head(pts, height)
+    joints = np.zeros((16, 2))
+    for j, k in enumerate(_COCO_FOR_MPII):
+        if k >= 0:
+            joints[j] = pts[k]
+    joints[6] = (pts[11] + pts[12]) / 2  # pelvis
+    joints[7] = (pts[5] + pts[6]) / 2  # thorax
+    down = joints[7] - head
+    down = down / max(np.linalg.norm(down), 1e-6)
+    joints[8] = head + down / math.hypot(down[0] / a, down[1] / b)  # upper_neck: the neck line meets the head
+    joints[9] = head - (0.0, b)  # head_top
+    return joints, np.array([head[0] - a, head[1] - b, head[0] + a, head[1] + b])
+
+
+def _mpii_record(name: str, figure: tuple[np.ndarray, np.ndarray], size: tuple[int, int]) -> dict:
+    """One person in MPII's json format (1-based pixels)."""
+    joints, head_box = figure
+    h, w = size
+    inside = (joints[:, 0] >= 0) & (joints[:, 0] <= w - 1) & (joints[:, 1] >= 0) & (joints[:, 1] <= h - 1)
+    scale = 6 * float(np.linalg.norm(joints[9] - joints[8])) / 200
+    center = (joints.min(0) + joints.max(0)) / 2 - (0.0, 15 * scale)
+    written = np.where(inside[:, None], joints + 1, -1.0)
+    return {"image": name, "center": (center + 1).round(2).tolist(), "scale": round(scale, 4),
+            "joints": written.round(2).tolist(), "joints_vis": inside.astype(int).tolist(),
+            "head_box": (head_box + 1).round(2).tolist()}  # fmt: skip
 
 
 def _jitter(box, size, rng, image_id: int) -> dict:

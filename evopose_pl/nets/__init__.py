@@ -2,7 +2,15 @@
 
 from evopose_pl.nets.baselines import HRNet, SimpleBaseline
 from evopose_pl.nets.counting import ParameterCount, count_flops, count_parameters
-from evopose_pl.nets.evopose import EvoPoseNet, MBConv, SqueezeExcitation
+from evopose_pl.nets.evopose import (
+    EvoPoseNet,
+    MBConv,
+    MBConvConfig,
+    MBConvModule,
+    SqueezeExcitation,
+    decode_backbone,
+    decode_module,
+)
 from evopose_pl.nets.pretrained import rename_pretrained, seed_from_pretrained
 from evopose_pl.nets.registry import BASELINES, MODELS, NamedModel, build_model, describe, from_description
 
@@ -12,6 +20,8 @@ __all__ = [
     "EvoPoseNet",
     "HRNet",
     "MBConv",
+    "MBConvConfig",
+    "MBConvModule",
     "NamedModel",
     "ParameterCount",
     "SimpleBaseline",
@@ -19,6 +29,8 @@ __all__ = [
     "build_model",
     "count_flops",
     "count_parameters",
+    "decode_backbone",
+    "decode_module",
     "describe",
     "from_description",
     "rename_pretrained",

@@ -6,6 +6,10 @@
 - ``HRNet``: HRNet-W32 (Sun et al. 2019). Its fuse layers upsample with a strided transposed
   pointwise convolution in place of 1x1 convolution + nearest upsampling, as EvoPose2D's
   re-implementation does; the parameter count is unchanged by that.
+
+Both take ``resolution`` like ``EvoPoseNet``, for one argument name across the model zoo: the
+(height, width) they are configured for, recorded in their description; it does not change their
+layers (they are not compound-scaled), and they run at any input size.
 """
 
 from __future__ import annotations
@@ -124,7 +128,7 @@ class SimpleBaseline(nn.Module):
     def __init__(
         self,
         num_keypoints: int = 17,
-        input_size: Sequence[int] = (256, 192),
+        resolution: Sequence[int] = (256, 192),
         deconv_kernel: int = 4,
         head_channels: int = 256,
         head_blocks: int = 3,
@@ -132,11 +136,11 @@ class SimpleBaseline(nn.Module):
         super().__init__()
         if deconv_kernel not in (2, 3, 4):
             raise ValueError(f"deconv_kernel: 2, 3 or 4 double the size exactly; got {deconv_kernel}")
-        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.resolution = (int(resolution[0]), int(resolution[1]))
         self.num_keypoints = num_keypoints
         self.config = {
             "num_keypoints": num_keypoints,
-            "input_size": list(self.input_size),
+            "resolution": list(self.resolution),
             "deconv_kernel": deconv_kernel,
             "head_channels": head_channels,
             "head_blocks": head_blocks,
@@ -199,16 +203,16 @@ class HRNet(nn.Module):
     def __init__(
         self,
         num_keypoints: int = 17,
-        input_size: Sequence[int] = (256, 192),
+        resolution: Sequence[int] = (256, 192),
         width: int = 32,
         modules_per_stage: Sequence[int] = (1, 4, 3),
     ) -> None:
         super().__init__()
-        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.resolution = (int(resolution[0]), int(resolution[1]))
         self.num_keypoints = num_keypoints
         self.config = {
             "num_keypoints": num_keypoints,
-            "input_size": list(self.input_size),
+            "resolution": list(self.resolution),
             "width": width,
             "modules_per_stage": list(modules_per_stage),
         }

@@ -1,5 +1,9 @@
 """Genotype -> network: the EvoPose2D decoder (SPEC section 1).
 
+Decoding is two steps, as torchvision's ``efficientnet.py`` builds from ``MBConvConfig`` entries:
+``decode_backbone`` turns each gene, compound-scaled for the network's resolution, into a list of
+``MBConvConfig`` (one per block), and ``EvoPoseNet`` builds one ``MBConvModule`` from each list.
+
 Layer names are structural and stable (``stem``, ``modules.<i>.blocks.<j>.<layer>``,
 ``head.<n>``, ``final``) because weight transfer and checkpoints match layers by them.
 Batch norm uses Keras' defaults (epsilon 1e-3, momentum 0.99), as the reference code does.
@@ -7,15 +11,16 @@ Batch norm uses Keras' defaults (epsilon 1e-3, momentum 0.99), as the reference 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
-from evopose_pl.search import CompoundScaling, Genotype, GenotypeLike, drop_connect_rate, round_filters
+from evopose_pl.search import CompoundScaling, Gene, Genotype, GenotypeLike, drop_connect_rate
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # torch's convention: 1 - Keras' 0.99
@@ -36,6 +41,17 @@ def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int =
     return nn.Sequential(layers)
 
 
+def upsample_bn(in_ch: int, out_ch: int) -> nn.Sequential:
+    """A head block: transposed 3x3 conv, stride 2 ("same": doubles H and W), no bias -> BN -> swish."""
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.ConvTranspose2d(in_ch, out_ch, 3, 2, padding=1, output_padding=1, bias=False),
+            bn=_bn(out_ch),
+            act=nn.SiLU(inplace=True),
+        )
+    )
+
+
 def drop_connect(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch per sample, rescale the survivors."""
     if not training or rate == 0.0:
@@ -43,6 +59,75 @@ def drop_connect(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     keep = 1.0 - rate
     mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
     return x * mask / keep
+
+
+@dataclass(frozen=True)
+class MBConvConfig:
+    """One MBConv block as built: widths after compound scaling, kernel, stride and stochastic depth."""
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    expand_ratio: int
+    se_ratio: float = 0.25
+    drop_rate: float = 0.0
+
+    @property
+    def mid_channels(self) -> int:
+        """The expanded width the depthwise convolution and squeeze-excitation run at."""
+        return self.in_channels * self.expand_ratio
+
+    @property
+    def squeeze_channels(self) -> int:
+        """EfficientNet's squeeze width: from the block's *input* channels, not the expanded ones."""
+        return max(1, int(self.in_channels * self.se_ratio))
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+
+def decode_module(
+    gene: Gene,
+    index: int,
+    in_channels: int,
+    resolution: Sequence[int],
+    scaling: CompoundScaling,
+    se_ratio: float = 0.25,
+) -> list[MBConvConfig]:
+    """The blocks of genotype module ``index`` at ``resolution``: ``repeats`` and channels compound-scaled;
+    the first block carries the gene's stride and the width change. Module 1 does not expand (the code
+    seeds it from EfficientNet-B0), the others expand 6 times. Drop rates are left at 0 (see ``decode_backbone``).
+    """
+    out = scaling.filters(gene.channels, resolution)
+    expand_ratio = 1 if index == 0 else 6
+    return [
+        MBConvConfig(in_channels, out, gene.kernel, gene.stride, expand_ratio, se_ratio)
+        if j == 0
+        else MBConvConfig(out, out, gene.kernel, 1, expand_ratio, se_ratio)
+        for j in range(scaling.repeats(gene.repeats, resolution))
+    ]
+
+
+def decode_backbone(
+    genotype: Genotype,
+    resolution: Sequence[int],
+    scaling: CompoundScaling,
+    in_channels: int,
+    se_ratio: float = 0.25,
+    drop_connect: float | None = None,
+) -> list[list[MBConvConfig]]:
+    """Every module's blocks, chained from ``in_channels`` (the stem's width). Block ``b`` of ``total`` drops
+    its residual branch at ``drop_connect * b / total``; ``drop_connect`` defaults to the resolution's rate."""
+    modules = []
+    for index, gene in enumerate(genotype):
+        modules.append(decode_module(gene, index, in_channels, resolution, scaling, se_ratio))
+        in_channels = modules[-1][-1].out_channels
+    total = sum(len(blocks) for blocks in modules)
+    rate = drop_connect_rate(resolution) if drop_connect is None else drop_connect
+    b = itertools.count()  # the global block index
+    return [[replace(block, drop_rate=rate * next(b) / total) for block in blocks] for blocks in modules]
 
 
 class SqueezeExcitation(nn.Module):
@@ -63,24 +148,15 @@ class SqueezeExcitation(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual block: expand 1x1 -> depthwise kxk -> squeeze-excite -> project 1x1."""
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int,
-        kernel: int,
-        stride: int,
-        expand_ratio: int,
-        se_ratio: float = 0.25,
-        drop_rate: float = 0.0,
-    ) -> None:
+    def __init__(self, config: MBConvConfig) -> None:
         super().__init__()
-        mid = in_ch * expand_ratio
-        self.expand = conv_bn(in_ch, mid, 1) if expand_ratio != 1 else nn.Identity()
-        self.depthwise = conv_bn(mid, mid, kernel, stride, groups=mid)
-        self.se = SqueezeExcitation(mid, max(1, int(in_ch * se_ratio)))
-        self.project = conv_bn(mid, out_ch, 1, act=False)
-        self.residual = stride == 1 and in_ch == out_ch
-        self.drop_rate = drop_rate
+        mid = config.mid_channels
+        self.expand = conv_bn(config.in_channels, mid, 1) if config.expand_ratio != 1 else nn.Identity()
+        self.depthwise = conv_bn(mid, mid, config.kernel, config.stride, groups=mid)
+        self.se = SqueezeExcitation(mid, config.squeeze_channels)
+        self.project = conv_bn(mid, config.out_channels, 1, act=False)
+        self.residual = config.residual
+        self.drop_rate = config.drop_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.se(self.depthwise(self.expand(x))))
@@ -89,12 +165,12 @@ class MBConv(nn.Module):
         return y
 
 
-class Stage(nn.Module):
-    """One genotype module: ``repeats`` blocks; the first carries the stride and the width change."""
+class MBConvModule(nn.Module):
+    """One genotype module (the paper's word; ``modules.<i>``): its MBConv blocks, ``blocks.<j>``."""
 
-    def __init__(self, blocks: Sequence[MBConv]) -> None:
+    def __init__(self, blocks: Sequence[MBConvConfig]) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.Sequential(*(MBConv(block) for block in blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -103,17 +179,17 @@ class Stage(nn.Module):
 class EvoPoseNet(nn.Module):
     """An EvoPose2D pose network decoded from a genotype; outputs ``num_keypoints`` heatmaps.
 
-    ``input_size`` (height, width) sets the compound scaling and the drop-connect rate; the
-    network is fully convolutional and runs at any size. The heatmaps are the input size
-    divided by ``output_stride`` (2 for EvoPose2D-S, 4 for the ancestor and XS).
-    ``top_channels`` adds EfficientNet's last 1x1 convolution (``top``: 1280 channels in B0)
-    between the backbone and the head; EvoPose2D networks have none.
+    ``resolution`` (height, width) is what the genotype is decoded for: it sets the compound
+    scaling and the drop-connect rate. The network is fully convolutional and runs at any input
+    size; its heatmaps are the input size divided by ``output_stride`` (2 for EvoPose2D-S, 4 for
+    the ancestor and XS). ``top_channels`` adds EfficientNet's last 1x1 convolution (``top``: 1280
+    channels in B0) between the backbone and the head; EvoPose2D networks have none.
     """
 
     def __init__(
         self,
         genotype: GenotypeLike,
-        input_size: Sequence[int] = (256, 192),
+        resolution: Sequence[int] = (256, 192),
         num_keypoints: int = 17,
         scaling: CompoundScaling | None = None,
         drop_connect: float | None = None,
@@ -125,13 +201,13 @@ class EvoPoseNet(nn.Module):
     ) -> None:
         super().__init__()
         self.genotype = Genotype.coerce(genotype)
-        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.resolution = (int(resolution[0]), int(resolution[1]))
         self.num_keypoints = num_keypoints
         self.scaling = scaling or CompoundScaling()
         # What rebuilds this network (checkpoints store it; see nets.registry.describe)
         self.config = {
             "genotype": str(self.genotype),
-            "input_size": list(self.input_size),
+            "resolution": list(self.resolution),
             "num_keypoints": num_keypoints,
             "scaling": asdict(self.scaling),
             "drop_connect": drop_connect,
@@ -141,64 +217,28 @@ class EvoPoseNet(nn.Module):
             "se_ratio": se_ratio,
             "top_channels": top_channels,
         }
-        depth, width = self.scaling.coefficients(self.input_size)
-        rate = drop_connect_rate(self.input_size) if drop_connect is None else drop_connect
-
-        def filters(c: int) -> int:
-            return round_filters(c, width, self.scaling.divisor)
-
-        repeats = [math.ceil(depth * g.repeats) for g in self.genotype]
-        total_blocks = sum(repeats)
-        channels = filters(stem_channels)
+        channels = self.scaling.filters(stem_channels, self.resolution)
         self.stem = conv_bn(3, channels, 3, stride=2)
-        stages, b = [], 0
-        for i, (gene, n) in enumerate(zip(self.genotype, repeats)):
-            out = filters(gene.channels)
-            blocks = []
-            for j in range(n):
-                blocks.append(
-                    MBConv(
-                        channels if j == 0 else out,
-                        out,
-                        gene.kernel,
-                        gene.stride if j == 0 else 1,
-                        expand_ratio=1 if i == 0 else 6,
-                        se_ratio=se_ratio,
-                        drop_rate=rate * b / total_blocks,
-                    )
-                )
-                b += 1
-            stages.append(Stage(blocks))
-            channels = out
+        backbone = decode_backbone(self.genotype, self.resolution, self.scaling, channels, se_ratio, drop_connect)
         # ``modules`` is the contracted layer name, but nn.Module.modules() is a method, so
         # add_module would refuse it: register the child directly.
-        self._modules["modules"] = nn.ModuleList(stages)
+        self._modules["modules"] = nn.ModuleList(MBConvModule(blocks) for blocks in backbone)
+        channels = backbone[-1][-1].out_channels
         self.top = None
         if top_channels:
-            self.top = conv_bn(channels, filters(top_channels), 1)
-            channels = filters(top_channels)
-        head = []
-        for _ in range(head_blocks):
-            out = filters(head_channels)
-            head.append(
-                nn.Sequential(
-                    OrderedDict(
-                        conv=nn.ConvTranspose2d(channels, out, 3, 2, padding=1, output_padding=1, bias=False),
-                        bn=_bn(out),
-                        act=nn.SiLU(inplace=True),
-                    )
-                )
-            )
-            channels = out
-        self.head = nn.Sequential(*head)
-        self.final = nn.Conv2d(channels, num_keypoints, 1)
+            top = self.scaling.filters(top_channels, self.resolution)
+            self.top = conv_bn(channels, top, 1)
+            channels = top
+        width = self.scaling.filters(head_channels, self.resolution)
+        self.head = nn.Sequential(*(upsample_bn(channels if n == 0 else width, width) for n in range(head_blocks)))
+        self.final = nn.Conv2d(width if head_blocks else channels, num_keypoints, 1)
         # Input pixels per heatmap pixel: stem and stride-2 modules halve, head blocks double.
         self.output_stride = 2.0 ** (1 + self.genotype.num_stride2 - head_blocks)
         self.reset_parameters()
 
     @property
-    def stages(self) -> nn.ModuleList:
-        """The backbone modules (``self.modules`` is nn.Module's iterator method)."""
+    def mbconv_modules(self) -> nn.ModuleList:
+        """The backbone's genotype modules, ``modules.<i>`` (``self.modules`` is nn.Module's iterator method)."""
         return self._modules["modules"]
 
     def reset_parameters(self) -> None:
@@ -221,9 +261,9 @@ class EvoPoseNet(nn.Module):
                 m.reset_parameters()
 
     def heatmap_size(self, input_size: Sequence[int] | None = None) -> tuple[int, int]:
-        """Heatmap (height, width) for an input size: "same" convs round up at each stride 2."""
+        """Heatmap (height, width) for an input size (default: the resolution); "same" convs round up at stride 2."""
         sizes = []
-        for s in input_size or self.input_size:
+        for s in input_size or self.resolution:
             for _ in range(1 + self.genotype.num_stride2):
                 s = -(-s // 2)
             sizes.append(s * 2 ** len(self.head))
@@ -231,11 +271,11 @@ class EvoPoseNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
+        for module in self.mbconv_modules:
+            x = module(x)
         if self.top is not None:
             x = self.top(x)
         return self.final(self.head(x))
 
     def extra_repr(self) -> str:
-        return f"genotype={self.genotype}, input_size={self.input_size}, num_keypoints={self.num_keypoints}"
+        return f"genotype={self.genotype}, resolution={self.resolution}, num_keypoints={self.num_keypoints}"

@@ -1,4 +1,4 @@
-"""The named models: EvoPose2D's (a genotype and the input size it is scaled to) and the baselines."""
+"""The named models: EvoPose2D's (a genotype and the resolution it is decoded for) and the baselines."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 class NamedModel(NamedTuple):
     genotype: Genotype
-    input_size: tuple[int, int]
+    resolution: tuple[int, int]  # what the compound scaling is decoded for
 
 
 MODELS: dict[str, NamedModel] = {
@@ -31,7 +31,7 @@ MODELS: dict[str, NamedModel] = {
     "evopose2d_l": NamedModel(EVOPOSE2D_S, (512, 384)),
 }
 
-# The paper's baselines (SPEC section 9): built as f(num_keypoints=, input_size=, **kwargs).
+# The paper's baselines (SPEC section 9): built as f(num_keypoints=, resolution=, **kwargs).
 BASELINES: dict[str, Callable[..., nn.Module]] = {
     "simplebaseline_r50": SimpleBaseline,
     "hrnet_w32": partial(HRNet, width=32),
@@ -50,12 +50,18 @@ def describe(net: nn.Module) -> dict:
 
 
 def from_description(description: dict) -> nn.Module:
-    """The network ``describe`` described, freshly initialised."""
+    """The network ``describe`` described, freshly initialised.
+
+    Descriptions written before the networks' ``input_size`` argument became ``resolution`` (older
+    checkpoints) are read with that key renamed.
+    """
     try:
         cls = ARCHITECTURES[description["architecture"]]
         config = dict(description["config"])
     except (KeyError, TypeError) as e:
         raise ValueError(f"not a network description ({e!r}): {description!r:.200}") from None
+    if "input_size" in config:
+        config.setdefault("resolution", config.pop("input_size"))
     if cls is EvoPoseNet and config.get("scaling") is not None:
         config["scaling"] = CompoundScaling(**config["scaling"])
     return cls(**config)
@@ -64,19 +70,19 @@ def from_description(description: dict) -> nn.Module:
 def build_model(
     name: str,
     num_keypoints: int = 17,
-    input_size: Sequence[int] | None = None,
+    resolution: Sequence[int] | None = None,
     scaling: CompoundScaling | None = None,
     pretrained: str | os.PathLike | None = None,
     pretrained_naming: str = "auto",
     pretrained_exclude: Sequence[str] = (),
     **kwargs,
 ) -> nn.Module:
-    """Build a named model; ``input_size`` overrides its own (and so an EvoPose2D model's compound scaling).
+    """Build a named model; ``resolution`` overrides its own (and so an EvoPose2D model's compound scaling).
 
     ``pretrained`` seeds it from a checkpoint through weight transfer (see ``nets.pretrained``);
     layers named in ``pretrained_exclude`` (prefixes, e.g. ``final``) keep their initialisation.
     """
-    net = _build(name, num_keypoints, input_size, scaling, **kwargs)
+    net = _build(name, num_keypoints, resolution, scaling, **kwargs)
     if pretrained is not None:
         report = seed_from_pretrained(net, pretrained, pretrained_naming, pretrained_exclude)
         log.info(f"{name}: {report} (pretrained: {os.fspath(pretrained)})")
@@ -84,14 +90,14 @@ def build_model(
 
 
 def _build(
-    name: str, num_keypoints: int, input_size: Sequence[int] | None, scaling: CompoundScaling | None, **kwargs
+    name: str, num_keypoints: int, resolution: Sequence[int] | None, scaling: CompoundScaling | None, **kwargs
 ) -> nn.Module:
     if name in BASELINES:
         if scaling is not None and name != "efficientnet_b0_head":
             raise ValueError(f"model {name!r} has no compound scaling; drop model.scaling")
         extra = {"scaling": scaling} if scaling is not None else {}
-        return BASELINES[name](num_keypoints=num_keypoints, input_size=input_size or (256, 192), **extra, **kwargs)
+        return BASELINES[name](num_keypoints=num_keypoints, resolution=resolution or (256, 192), **extra, **kwargs)
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; the named models are {sorted(MODELS) + sorted(BASELINES)}")
-    genotype, size = MODELS[name]
-    return EvoPoseNet(genotype, input_size or size, num_keypoints, scaling=scaling, **kwargs)
+    model = MODELS[name]
+    return EvoPoseNet(model.genotype, resolution or model.resolution, num_keypoints, scaling=scaling, **kwargs)

@@ -1,4 +1,4 @@
-"""EfficientNet compound scaling of depth and width with the input resolution (SPEC section 2)."""
+"""EfficientNet compound scaling of depth and width with the resolution a network is decoded for (SPEC section 2)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ def round_repeats(repeats: int, depth: float) -> int:
     return int(math.ceil(depth * repeats))
 
 
-def drop_connect_rate(input_size: Sequence[int]) -> float:
+def drop_connect_rate(resolution: Sequence[int]) -> float:
     """Stochastic-depth rate by resolution, as EfficientNet-B0/B3/B5 use it (SPEC section 1)."""
-    size = sum(input_size[:2]) / 2
+    size = sum(resolution[:2]) / 2
     if size <= 240:
         return 0.2
     if size <= 300:
@@ -37,8 +37,9 @@ def drop_connect_rate(input_size: Sequence[int]) -> float:
 class CompoundScaling:
     """``phi = log_gamma(size / base_size)``, depth ``alpha^phi``, width ``beta^phi``.
 
-    ``size`` is the mean of the input height and width, so 256x192 (size 224) gives phi 0:
-    the searched networks are unscaled and EvoPose2D-M and L are the S genotype scaled up.
+    ``size`` is the mean of the height and width of the resolution a network is decoded for, so
+    256x192 (size 224) gives phi 0: the searched networks are unscaled and EvoPose2D-M and L are
+    the S genotype scaled up. ``filters`` and ``repeats`` are the rule the decoder applies.
     """
 
     alpha: float = 1.2
@@ -54,17 +55,19 @@ class CompoundScaling:
         if self.gamma == 1:
             raise ValueError("compound scaling gamma: must differ from 1 (phi divides by log gamma)")
 
-    def phi(self, input_size: Sequence[int]) -> float:
-        size = sum(input_size[:2]) / 2
+    def phi(self, resolution: Sequence[int]) -> float:
+        size = sum(resolution[:2]) / 2
         return (math.log(size) - math.log(self.base_size)) / math.log(self.gamma)
 
-    def coefficients(self, input_size: Sequence[int]) -> tuple[float, float]:
-        """(depth, width) coefficients for an input of ``(height, width)``."""
-        phi = self.phi(input_size)
+    def coefficients(self, resolution: Sequence[int]) -> tuple[float, float]:
+        """(depth, width) coefficients for a resolution ``(height, width)``."""
+        phi = self.phi(resolution)
         return self.alpha**phi, self.beta**phi
 
-    def filters(self, channels: int, input_size: Sequence[int]) -> int:
-        return round_filters(channels, self.coefficients(input_size)[1], self.divisor)
+    def filters(self, channels: int, resolution: Sequence[int]) -> int:
+        """A layer's width (stem, module output, top, head) width-scaled for ``resolution``."""
+        return round_filters(channels, self.coefficients(resolution)[1], self.divisor)
 
-    def repeats(self, repeats: int, input_size: Sequence[int]) -> int:
-        return round_repeats(repeats, self.coefficients(input_size)[0])
+    def repeats(self, repeats: int, resolution: Sequence[int]) -> int:
+        """A module's block count depth-scaled for ``resolution``."""
+        return round_repeats(repeats, self.coefficients(resolution)[0])

@@ -12,11 +12,16 @@ from evopose_pl.search.genotype import ANCESTOR, Genotype, GenotypeError, Genoty
 class SearchSpace:
     """Bounds of the EvoPose2D search; the defaults are the paper's E3 space.
 
+    ``bounds`` is the genotype that bounds the space: its number of modules, each module's
+    channel cap (its ``channels_div8``) and the strides of the modules outside ``stride_modules``.
+    The paper takes them from its ancestor (the E3 default); where a search starts is a setting
+    of the search (``Settings.ancestor``), not of the space.
+
     Module indices are 0-based, like the layer names ``modules.<i>``: the paper's modules
     5, 6 and 7 (the only ones whose stride may mutate) are indices 4, 5 and 6.
     """
 
-    ancestor: Genotype = ANCESTOR
+    bounds: Genotype = ANCESTOR
     kernels: tuple[int, ...] = (3, 5)
     max_repeats: int = 4
     stride_modules: tuple[int, ...] = (4, 5, 6)
@@ -24,10 +29,10 @@ class SearchSpace:
     channel_caps: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ancestor", Genotype.coerce(self.ancestor))
+        object.__setattr__(self, "bounds", Genotype.coerce(self.bounds))
         object.__setattr__(self, "kernels", tuple(sorted({int(k) for k in self.kernels})))
         object.__setattr__(self, "stride_modules", tuple(sorted({int(m) for m in self.stride_modules})))
-        object.__setattr__(self, "channel_caps", tuple(g.channels_div8 for g in self.ancestor))
+        object.__setattr__(self, "channel_caps", tuple(g.channels_div8 for g in self.bounds))
         if not self.kernels or any(k < 1 or k % 2 == 0 for k in self.kernels):
             raise GenotypeError(f"search space kernels: positive odd integers needed, got {self.kernels}")
         if self.max_repeats < 1:
@@ -35,20 +40,20 @@ class SearchSpace:
         bad = [m for m in self.stride_modules if not 0 <= m < self.num_modules]
         if bad:
             raise GenotypeError(
-                f"search space stride_modules: {bad} outside the ancestor's module indices 0..{self.num_modules - 1}"
+                f"search space stride_modules: {bad} outside the module indices 0..{self.num_modules - 1} of bounds"
             )
-        self.validate(self.ancestor, what="the ancestor")
+        self.validate(self.bounds, what="bounds")
 
     @property
     def num_modules(self) -> int:
-        return len(self.ancestor)
+        return len(self.bounds)
 
     def validate(self, genotype: GenotypeLike, what: str = "genotype") -> Genotype:
         """Return the genotype if it lies in this space, else raise naming the module and gene."""
         genotype = Genotype.coerce(genotype)
         if len(genotype) != self.num_modules:
             raise GenotypeError(f"{what} has {len(genotype)} module genes; this search space needs {self.num_modules}")
-        for i, (gene, cap, base) in enumerate(zip(genotype, self.channel_caps, self.ancestor)):
+        for i, (gene, cap, base) in enumerate(zip(genotype, self.channel_caps, self.bounds)):
             if gene.kernel not in self.kernels:
                 raise GenotypeError(f"{what}: modules[{i}].kernel={gene.kernel} is not one of {list(self.kernels)}")
             if not 1 <= gene.repeats <= self.max_repeats:
@@ -56,11 +61,11 @@ class SearchSpace:
             if not 1 <= gene.channels_div8 <= cap:
                 raise GenotypeError(
                     f"{what}: modules[{i}].channels_div8={gene.channels_div8} is outside [1, {cap}]"
-                    " (the cap is the ancestor's value for that module)"
+                    " (the cap is that module's channels_div8 in the search space's bounds)"
                 )
             if gene.stride != base.stride and i not in self.stride_modules:
                 raise GenotypeError(
-                    f"{what}: modules[{i}].stride={gene.stride} differs from the ancestor's {base.stride},"
+                    f"{what}: modules[{i}].stride={gene.stride} differs from the search space's bounds ({base.stride}),"
                     f" and only modules {list(self.stride_modules)} may change their stride"
                 )
         if genotype.num_stride2 > self.max_stride2:
@@ -81,7 +86,7 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct backbones in the space (about 10^13.5 for E3)."""
         per_module = math.prod(len(self.kernels) * self.max_repeats * cap for cap in self.channel_caps)
-        fixed = sum(g.stride == 2 for i, g in enumerate(self.ancestor) if i not in self.stride_modules)
+        fixed = sum(g.stride == 2 for i, g in enumerate(self.bounds) if i not in self.stride_modules)
         free = len(self.stride_modules)
         strides = sum(math.comb(free, k) for k in range(free + 1) if fixed + k <= self.max_stride2)
         return per_module * strides

@@ -40,11 +40,15 @@ from evopose_pl.report import SearchRun, write_report
 log = logging.getLogger(__name__)
 
 # The job settings a child's fitness depends on besides the search's knobs: a resume must use the
-# same (``Settings.training``). Left out are those that change only speed, where files live, or testing.
+# same (``Settings.training``). This is the one place that says which parts of a child's config do;
+# a group listed counts with every key in it, new keys included. Left out are settings that change
+# only speed (channels_last, loader workers) or where files live, and testing, which children never
+# run (flip_test, the data's metric, the box and keypoint thresholds).
 TRAINING_SETTINGS = (
     "data",
     "model",
-    "module",
+    "recipe",
+    "codec",
     "trainer.precision",
     "trainer.accumulate_grad_batches",
     "trainer.gradient_clip_val",
@@ -66,10 +70,10 @@ NOT_TRAINING_SETTINGS = (
     "data.val_batch_size",  # the validation loss is a per-sample mean whatever the batch
     "data.crop_cache",
     "data.cache_dir",
+    "data.metric",  # testing: children validate on their loss and never test
+    "data.box_threshold",
+    "codec.keypoint_threshold",
     "model.genotype",  # each child's own
-    "module.channels_last",
-    "module.flip_test",
-    "module.score_threshold",
 )
 # Overrides the search sets for each child, which the command line may not.
 SET_BY_THE_SEARCH = {
@@ -108,6 +112,15 @@ def _quote(value: Any) -> str:
     return f"'{text}'"
 
 
+def _job_error(ret: JobReturn) -> str:
+    """The error of a failed job, as ``JobReturn.return_value`` re-raises it."""
+    try:
+        outcome = ret.return_value  # a failed job's re-raises its exception
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return f"the job failed without an exception, returning {outcome!r}"
+
+
 class EvolutionSweeper(Sweeper):
     """Hydra's side of the search; see ``evopose_pl.evolution.Evolution`` for the logic."""
 
@@ -119,6 +132,7 @@ class EvolutionSweeper(Sweeper):
         self.max_batch_size = max_batch_size
         self.gpus = gpus
         self.job_idx = 0
+        self.search_run: SearchRun | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -152,9 +166,9 @@ class EvolutionSweeper(Sweeper):
             f" {settings.generations if settings.generations is not None else 'unlimited'},"
             f" {batch_size} children per launch"
         )
-        search_run = self._search_run(sweep_dir)
+        self.search_run = search_run = self._search_run(sweep_dir)
         try:
-            while (generation := evolution.next_generation()) is not None:
+            while (generation := evolution.resume_or_plan()) is not None:
                 jobs = list(evolution.jobs(generation))
                 done = len(evolution.generation_of(generation)) - len(jobs)
                 log.info(f"Generation {generation}: {len(jobs)} to train" + (f", {done} done before" if done else ""))
@@ -172,6 +186,7 @@ class EvolutionSweeper(Sweeper):
         finally:
             if search_run is not None:
                 search_run.finish()
+            self.search_run = None
         write_report(sweep_dir, evolution.state)
         best = evolution.parents[0]
         log.info(
@@ -250,19 +265,25 @@ class EvolutionSweeper(Sweeper):
             log.exception("The launcher failed; children that wrote their result are kept")
             returns = [None] * len(jobs)
             launch_error = f"launcher: {type(e).__name__}: {e}"
+        else:
+            launch_error = "launcher: no return for this job"
+            returns = [*returns, *[None] * (len(jobs) - len(returns))]
         self.job_idx += len(batch)
         for job, ret in zip(jobs, returns):
             ind = job.individual
             if ret is not None and ret.status == JobStatus.COMPLETED:
                 evolution.record(ind.id, ret.return_value)  # an invalid record gives way to the child's file
-            elif ret is not None:
-                error = ret._return_value  # reading return_value of a failed job re-raises its exception
-                evolution.record_failure(ind.id, f"{type(error).__name__}: {error}")
+            elif ret is not None and ret.status == JobStatus.FAILED:
+                evolution.record_failure(ind.id, _job_error(ret))
             elif not evolution.adopt_result(ind.id) and ind.status == PENDING:  # a rejected result is recorded
-                evolution.record_failure(ind.id, launch_error)
+                lost = launch_error if ret is None else f"launcher: job {ind.directory} returned no status"
+                evolution.record_failure(ind.id, lost)
             self._log_child(ind, time.perf_counter() - start)
 
     def _log_child(self, ind: Individual, elapsed: float) -> None:
+        """A line per finished child, with the fitness the driver gave it; and a row in the W&B search run."""
+        if self.search_run is not None:
+            self.search_run.log_individual(ind)
         where = f"individual {ind.id} (generation {ind.generation}, parent {ind.parent}) {ind.genotype}"
         if ind.status != COMPLETED:
             log.warning(f"{where}: FAILED after {elapsed:.0f} s: {ind.error}")

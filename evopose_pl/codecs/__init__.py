@@ -1,0 +1,6 @@
+"""Codecs: the target encoding, loss, decoding and flip merge of each kind of pose output."""
+
+from evopose_pl.codecs.base import CODECS, Codec, CodecError, Outputs, codec_from_description, named_outputs
+from evopose_pl.codecs.heatmap import HeatmapCodec
+
+__all__ = ["CODECS", "Codec", "CodecError", "HeatmapCodec", "Outputs", "codec_from_description", "named_outputs"]
