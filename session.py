@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import lightning.pytorch as pl
@@ -25,6 +27,9 @@ from evopose_pl.module import PoseModule, default_precision
 from evopose_pl.report import wandb_key_configured
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -126,3 +131,15 @@ def bad_input(error: BaseException) -> BaseException | None:
     while error is not None and not isinstance(error, BAD_INPUT):
         error = error.__cause__
     return error
+
+
+def report_bad_input(run: Callable[[], T]) -> T:
+    """``run()``, ending the script with one line (no traceback) when an error names the file or setting at
+    fault; any other error propagates."""
+    try:
+        return run()
+    except Exception as error:
+        cause = bad_input(error)
+        if cause is None:
+            raise
+        raise SystemExit(f"error: {cause}") from None

@@ -3,6 +3,7 @@
     python train.py                                   # synthetic data, CPU, minutes
     python train.py model=evopose2d_s data=coco data.root=/data/coco trainer=gpu
     python train.py train=false ckpt_path=best.ckpt   # test a checkpoint
+    python train.py train=false experiment=efficientpose_rt model.pretrained=EfficientPoseRT.h5 data.root=/data/mpii
 
 The Hydra edge: compose the config, instantiate data, network, module, callbacks, loggers and
 trainer, fit, test, and return the configured objective (``objective.metric``, ``objective.direction``).
@@ -21,7 +22,7 @@ from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from evopose_pl.checkpoint import load_checkpoint  # noqa: E402
-from session import ConfigError, bad_input, build  # noqa: E402
+from session import ConfigError, build, report_bad_input  # noqa: E402
 
 DIRECTIONS = ("minimize", "maximize")
 
@@ -54,13 +55,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["val/loss_best"] = module.best_val_loss
         ckpt_path = session.best_checkpoint
     if cfg.test:
-        if not cfg.train and not ckpt_path:
-            raise ConfigError("train=false needs ckpt_path=<checkpoint to test>")
+        if not cfg.train and not ckpt_path and not cfg.model.get("pretrained"):
+            raise ConfigError("train=false needs ckpt_path=<checkpoint to test> or model.pretrained=<weights>")
         trainer.test(module, session.datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update({f"test/{k}": v for k, v in module.test_metrics.items()})
         metric = module.metric
         Console().print(metric.table(module.test_metrics))
-        print(f"Tested: {ckpt_path or 'the final weights'}")
+        tested = ckpt_path or ("the final weights" if cfg.train else f"model.pretrained={cfg.model.pretrained}")
+        print(f"Tested: {tested}")
         print(f"{metric.title} {metric.headline}: {module.test_metrics[metric.headline]:.4f}")
     for logger in session.loggers:
         if isinstance(logger, WandbLogger) and logger._offline:
@@ -82,13 +84,7 @@ def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return objective(cfg, run(cfg))
-    except Exception as error:
-        cause = bad_input(error)
-        if cause is None:
-            raise
-        raise SystemExit(f"error: {cause}") from None  # a file or setting at fault: one line, no traceback
+    return report_bad_input(lambda: objective(cfg, run(cfg)))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
     python bench/model_speed.py                                        # EvoPose2D-S, 256x192, batch 32
     python bench/model_speed.py --models evopose2d_s evopose2d_xs simplebaseline_r50 \\
         --sizes 256x192 64x48 --batches 1 32 --variants fp32 channels_last bf16 compile
+    python bench/model_speed.py --models efficientpose_rt efficientpose_i evopose2d_xs evopose2d_s \\
+        --sizes 256x256 --variants fp32 channels_last+bf16    # the MPII trade-off
 
-A training step is what the LightningModule does per batch: normalise uint8 crops, forward,
-Gaussian targets, masked MSE, backward, Adam step. Each variant's time is printed with its ratio
-to fp32 of the same model, size and batch, all measured in one run (this machine is noisy).
+A training step is what the LightningModule does per batch: normalise uint8 crops, forward, the
+system's codec (Gaussian heatmaps and masked MSE; EfficientPose's confidence maps and PAFs on every
+pass), backward, Adam step. Inference runs the deployed network (EfficientPose: its final maps only).
+Each variant's time is printed with its ratio to fp32 of the same model, size and batch, all
+measured in one run (this machine is noisy).
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from collections.abc import Callable
 import torch
 from common import machine
 
-from evopose_pl.data.heatmaps import masked_mse, render_heatmaps  # noqa: E402
+from evopose_pl.codecs import Codec, ConfidenceMapCodec, HeatmapCodec  # noqa: E402
 from evopose_pl.module import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from evopose_pl.nets import build_model, count_parameters  # noqa: E402
+from evopose_pl.nets import EFFICIENTPOSE_VARIANTS, build_model, count_parameters, deployed  # noqa: E402
 
 OPTIONS = ("channels_last", "bf16", "compile")  # a variant is fp32 or options joined by "+"
 
@@ -41,11 +45,19 @@ def _timed(step: Callable[[], None], device: torch.device, warmup: int, repeats:
     return statistics.median(times)
 
 
+def system(name: str) -> tuple[int, Codec]:
+    """A named model's keypoint count and codec: EfficientPose is MPII's (16 joints), the others COCO's."""
+    if name in EFFICIENTPOSE_VARIANTS:
+        return 16, ConfidenceMapCodec()
+    return 17, HeatmapCodec()
+
+
 def measure(name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device, warmup: int,
             repeats: int) -> tuple[float, float]:  # fmt: skip
     """(training-step seconds, inference seconds) per batch."""
     parts = set(variant.split("+"))
-    net = build_model(name).to(device)
+    num_keypoints, codec = system(name)
+    net = build_model(name, num_keypoints=num_keypoints).to(device)
     fmt = torch.channels_last if "channels_last" in parts else torch.contiguous_format
     net = net.to(memory_format=fmt)
     model = torch.compile(net) if "compile" in parts else net
@@ -53,7 +65,8 @@ def measure(name: str, size: tuple[int, int], batch: int, variant: str, device: 
     mean = 255 * torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = 255 * torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device)
-    keypoints = torch.rand(batch, 17, 3, device=device) * torch.tensor([size[1], size[0], 2.0], device=device)
+    extent = torch.tensor([size[1], size[0], 2.0], device=device)
+    keypoints = torch.rand(batch, num_keypoints, 3, device=device) * extent
     keypoints[..., 2] = keypoints[..., 2].round()
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
 
@@ -62,16 +75,15 @@ def measure(name: str, size: tuple[int, int], batch: int, variant: str, device: 
 
     def train_step() -> None:
         with autocast:
-            heatmaps = model(inputs())
-        target, visible = render_heatmaps(keypoints, size, heatmaps.shape[-2:])
-        loss = masked_mse(heatmaps.float(), target, visible)
+            outputs = model(inputs())
+        loss = codec.loss(outputs, keypoints, size)["loss"]
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
 
     @torch.no_grad()
     def infer() -> None:
-        with autocast:
+        with autocast, deployed(net):
             model(inputs())
 
     net.train()
@@ -103,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | params | input | batch | variant | train step s | ratio | inference s | ratio | train img/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        params = count_parameters(build_model(name)).with_bn_stats
+        params = count_parameters(build_model(name, num_keypoints=system(name)[0])).with_bn_stats
         for size_text in args.sizes:
             size = tuple(int(v) for v in size_text.lower().split("x"))
             for batch in args.batches:

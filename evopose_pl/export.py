@@ -3,8 +3,9 @@
     python -m evopose_pl.export ckpt=best.ckpt format=onnx [output=model.onnx] [opset=17]
 
 The ONNX model takes ``images``: float32 RGB crops (N, 3, H, W) at the checkpoint's input size,
-values 0-255 (the ImageNet normalisation is inside), and returns the network's outputs by the names
-its codec knows them by (``heatmaps`` (N, K, H', W') for heatmap networks). The batch dimension is
+values 0-255 (the ImageNet normalisation is inside), and returns the deployed network's outputs by the names
+its codec knows them by (``heatmaps`` (N, K, H', W') for heatmap networks and EfficientPose, whose
+training-only intermediate predictions are left out). The batch dimension is
 dynamic. The model's metadata carries the codec and the keypoint set (``codec``, ``keypoint_names``,
 ``skeleton``, ``flip_index``, JSON), so a runtime can decode without the checkpoint. Needs the extra:
 ``pip install -e ".[onnx]"``.
@@ -24,6 +25,7 @@ from torch import nn
 
 from evopose_pl.codecs import named_outputs
 from evopose_pl.module import PoseModule
+from evopose_pl.nets import deployed
 from evopose_pl.predict import load_pose_module, parse_overrides
 
 FORMATS = ("onnx",)
@@ -46,12 +48,12 @@ def export_onnx(module: PoseModule, output: str | os.PathLike, opset: int = 17) 
     output.parent.mkdir(parents=True, exist_ok=True)
     height, width = module.input_size
     example = torch.rand(2, 3, height, width) * 255
-    graph = _Outputs(module.cpu().eval())
-    with torch.no_grad():
-        names = list(named_outputs(module(example)))
+    graph = _Outputs(module.cpu()).eval()  # the wrapper too: the exporter restores its mode afterwards
     # The TorchScript exporter: torch.export (dynamo=True) resolves parameters by attribute, and the
     # decoder's ``modules`` layer name is shadowed by nn.Module.modules(), the method.
-    with warnings.catch_warnings():
+    with deployed(module.net), warnings.catch_warnings():
+        with torch.no_grad():
+            names = list(named_outputs(module(example)))
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         torch.onnx.export(
             graph,

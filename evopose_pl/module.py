@@ -19,7 +19,7 @@ from evopose_pl.codecs import Codec, HeatmapCodec, codec_from_description
 from evopose_pl.data.coco import KeypointInfo
 from evopose_pl.data.heatmaps import to_image
 from evopose_pl.metrics import CocoKeypointAP, Metric
-from evopose_pl.nets import count_flops, count_parameters, describe
+from evopose_pl.nets import count_flops, count_parameters, deployed, describe
 from evopose_pl.recipes import Recipe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -133,12 +133,16 @@ class PoseModule(pl.LightningModule):
             logger.log_metrics({f"model/{key}": value for key, value in self.size.items()}, step=0)
 
     def on_train_epoch_start(self) -> None:
+        self.codec.set_progress(self.global_step / max(1, self.trainer.estimated_stepping_batches))
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._losses(batch, "train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.codec.set_progress(1.0)  # the final targets: validation losses compare across epochs
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._losses(batch, "val")
@@ -153,10 +157,12 @@ class PoseModule(pl.LightningModule):
 
     def keypoints(self, images: torch.Tensor, affine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keypoints in image pixels (N, K, 2) and their scores (N, K) for uint8 crops and their
-        image -> crop affines: the flip test when on, decoding, then the inverse crop."""
-        outputs = self(images)
-        if self.hparams.flip_test:
-            outputs = self.codec.merge_flip(outputs, self(images.flip(-1)), self.flip_index)
+        image -> crop affines: the flip test when on, decoding, then the inverse crop (the network as
+        deployed: no training-only outputs)."""
+        with deployed(self.net):
+            outputs = self(images)
+            if self.hparams.flip_test:
+                outputs = self.codec.merge_flip(outputs, self(images.flip(-1)), self.flip_index)
         coords, scores = self.codec.decode(outputs, self.input_size)
         return to_image(coords.float(), affine.float()), scores.float()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,6 +25,18 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, warmup_factor:
     return 0.5 * (1 + math.cos(math.pi * done))
 
 
+def decaying_triangle(step: int, cycle_steps: int, ratio: float, peak_decay: float) -> float:
+    """Learning-rate multiplier of ``lr_max`` at ``step``: Smith's triangular cycle, linear from ``1 / ratio``
+    at the cycle's start up to its peak at mid-cycle and back down, with cycle ``c``'s peak
+    ``ratio ** (-(1 - peak_decay ** c) / 2)``: its log-distance to the geometric midpoint ``ratio ** -0.5``
+    of 1 and ``1 / ratio`` shrinks by ``peak_decay`` each cycle (1: no decay; 0: at the midpoint from cycle 1)."""
+    cycle, position = divmod(step, cycle_steps)
+    low = 1 / ratio
+    peak = ratio ** (-(1 - peak_decay**cycle) / 2)
+    rise = 1 - abs(2 * position / cycle_steps - 1)  # 0 at the cycle's start and end, 1 at mid-cycle
+    return low + (peak - low) * rise
+
+
 def l2_parameters(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(decayed, not decayed): the reference regularises convolution and dense kernels, not
     depthwise kernels (Keras' DepthwiseConv2D ignored its kernel_regularizer), BN or biases."""
@@ -38,9 +51,28 @@ def l2_parameters(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter
     return decayed, other
 
 
+def steps_per_epoch(trainer: pl.Trainer) -> float:
+    """Optimiser steps per training epoch, from the trainer's count of training batches (also when
+    ``max_steps`` rather than ``max_epochs`` bounds the run)."""
+    trainer.estimated_stepping_batches  # noqa: B018 (sets up the training data, so the count is known)
+    return max(1.0, trainer.num_training_batches / trainer.accumulate_grad_batches)
+
+
 def global_batch(trainer: pl.Trainer, batch_size: int) -> int:
     """Images per optimiser step: the per-device batch x devices x gradient accumulation."""
     return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def scaled_rate(rate: float, batch: int, base_batch: int, scale: bool) -> float:
+    """A rate set for a global batch of ``base_batch``, scaled linearly to the global ``batch`` when ``scale``
+    (Goyal et al.'s rule); unchanged otherwise."""
+    return rate * batch / base_batch if scale else rate
+
+
+def fusable(net: nn.Module) -> bool:
+    """Whether a fused optimiser kernel can step every parameter (CPU or CUDA floats): it steps all tensors
+    at once, about 4x faster than one by one on the CPU."""
+    return all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in net.parameters())
 
 
 class Recipe(ABC):
@@ -89,14 +121,12 @@ class AdamWarmupCosine(Recipe):
 
     def configure(self, net: nn.Module, trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
         batch = global_batch(trainer, batch_size)
-        peak = self.lr * batch / self.base_batch if self.scale_lr else self.lr
+        peak = scaled_rate(self.lr, batch, self.base_batch, self.scale_lr)
         decayed, other = l2_parameters(net)
-        # The fused kernel (CPU and CUDA) steps all tensors at once: about 4x faster than one by one on the CPU.
-        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in net.parameters())
         optimiser = torch.optim.Adam(
             [{"params": decayed, "weight_decay": 2 * self.l2}, {"params": other, "weight_decay": 0.0}],
             lr=peak,
-            fused=fused or None,
+            fused=fusable(net) or None,
         )
         total = max(1, int(trainer.estimated_stepping_batches))
         epochs = max(1, trainer.max_epochs or 1)
@@ -105,5 +135,85 @@ class AdamWarmupCosine(Recipe):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, total, warmup, factor))
         rank_zero_info(
             f"Adam: peak rate {peak:.3g} (global batch {batch}), warm-up {warmup} of {total} steps, cosine to 0"
+        )
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class SgdCyclical(Recipe):
+    """EfficientPose's recipe (SPEC-EfficientPose section 4), ``recipe=efficientpose``: SGD with momentum
+    0.9 and a decaying triangular cyclical rate (Smith's CLR), stepped per optimiser step.
+
+    Each cycle lasts ``cycle_epochs`` (3) and runs linearly from ``lr_min = lr_max / lr_ratio`` (3000)
+    up to its peak at mid-cycle and back to ``lr_min``. The paper says only that the peaks decay towards
+    the geometric midpoint ``mid = 10 ** ((log10 lr_max + log10 lr_min) / 2)``; our form: the peak's
+    log-distance to it shrinks by ``peak_decay`` per cycle, ``log10 peak_c = log10 mid + peak_decay ** c
+    * (log10 lr_max - log10 mid)`` (``decaying_triangle``). The default 0.95 spreads the decay over the
+    paper's 200 epochs (67 cycles; the last peak is 1.15 x mid).
+
+    ``lr_max`` is the first peak, picked by the learning-rate range test (``lr_range_test.py``). The paper
+    publishes none; the default 0.4 is the test's pick for EfficientPose RT on the synthetic MPII-format
+    data at 64x64 and a batch of 64 (0.442), rounded down. The paper trains at a fixed batch of 20 and scales
+    nothing, so ``scale_lr`` is off by default; with it, the whole schedule scales by ``global_batch /
+    base_batch``. ``weight_decay`` (the
+    paper gives none) applies, like EvoPose2D's L2, to convolution and dense kernels only.
+    """
+
+    def __init__(
+        self,
+        lr_max: float = 0.4,
+        lr_ratio: float = 3000.0,
+        cycle_epochs: float = 3.0,
+        peak_decay: float = 0.95,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        scale_lr: bool = False,
+        base_batch: int = 20,
+    ) -> None:
+        for setting, value, ok, need in (
+            ("lr_max", lr_max, lr_max > 0, "must be > 0"),
+            ("lr_ratio", lr_ratio, lr_ratio >= 1, "must be >= 1"),
+            ("cycle_epochs", cycle_epochs, cycle_epochs > 0, "must be > 0"),
+            ("peak_decay", peak_decay, 0 <= peak_decay <= 1, "must lie in [0, 1]"),
+        ):
+            if not ok:
+                raise ValueError(f"recipe.{setting}={value}: {need}")
+        self.lr_max, self.lr_ratio, self.cycle_epochs = float(lr_max), float(lr_ratio), float(cycle_epochs)
+        self.peak_decay, self.momentum, self.weight_decay = float(peak_decay), float(momentum), float(weight_decay)
+        self.scale_lr, self.base_batch = bool(scale_lr), int(base_batch)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "lr_max": self.lr_max,
+            "lr_ratio": self.lr_ratio,
+            "cycle_epochs": self.cycle_epochs,
+            "peak_decay": self.peak_decay,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "scale_lr": self.scale_lr,
+            "base_batch": self.base_batch,
+        }
+
+    def lr_max_for(self, rate: float, batch: int) -> float:
+        """The ``lr_max`` setting whose first peak is ``rate`` at a global batch of ``batch`` (the range
+        test measures the rate the optimiser uses, after any batch scaling)."""
+        return rate / scaled_rate(1.0, batch, self.base_batch, self.scale_lr)
+
+    def configure(self, net: nn.Module, trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
+        batch = global_batch(trainer, batch_size)
+        peak = scaled_rate(self.lr_max, batch, self.base_batch, self.scale_lr)
+        decayed, other = l2_parameters(net)
+        optimiser = torch.optim.SGD(
+            [{"params": decayed, "weight_decay": self.weight_decay}, {"params": other, "weight_decay": 0.0}],
+            lr=peak,
+            momentum=self.momentum,
+            fused=fusable(net) or None,
+        )
+        cycle = max(2, int(round(self.cycle_epochs * steps_per_epoch(trainer))))
+        ratio, decay = self.lr_ratio, self.peak_decay
+        rate = partial(decaying_triangle, cycle_steps=cycle, ratio=ratio, peak_decay=decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, rate)
+        rank_zero_info(
+            f"SGD: triangular cycles of {cycle} steps from {peak / ratio:.3g} to a first peak of {peak:.3g} "
+            f"(global batch {batch}), peaks decaying x{decay} per cycle towards {peak / math.sqrt(ratio):.3g}"
         )
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -23,6 +23,7 @@ TEST_GENOTYPE = "k3r1c1s1-k3r1c2s2-k3r1c3s2-k3r1c4s2-k3r1c6s1-k3r1c8s1-k3r1c8s1"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 COCO_SAMPLE = SHARED_DATA / "coco_val_sample"
 MPII_SAMPLE = SHARED_DATA / "mpii_sample"
+EFFICIENTPOSE_WEIGHTS = SHARED_DATA / "efficientpose"
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +118,15 @@ def mpii_sample() -> Path:
     if not MPII_SAMPLE.is_dir():
         pytest.fail(f"the shared MPII sample is missing at {MPII_SAMPLE}: CI runs with ../shared beside the clone")
     return MPII_SAMPLE
+
+
+@pytest.fixture
+def efficientpose_weights() -> Path:
+    """The folder of the released EfficientPose Keras weights beside the repository (EfficientPoseRT.h5, I)."""
+    if not (EFFICIENTPOSE_WEIGHTS / "EfficientPoseRT.h5").exists():
+        missing = f"the released EfficientPose weights are missing at {EFFICIENTPOSE_WEIGHTS}"
+        pytest.fail(f"{missing}: CI runs with ../shared beside the clone")
+    return EFFICIENTPOSE_WEIGHTS
 
 
 @pytest.fixture(scope="session")

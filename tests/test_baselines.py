@@ -153,5 +153,7 @@ def test_pretrained_path_seeds_through_build_model(tmp_path):
     torch.save(_random_state(torchvision_resnet50_shapes()), path)
     net = build_model("simplebaseline_r50", pretrained=path)
     assert torch.equal(net.state_dict()["backbone.conv1.weight"], torch.load(path)["conv1.weight"])
-    with pytest.raises(ValueError, match="unknown pretrained naming 'keras'"):
+    with pytest.raises(ValueError, match="unknown pretrained naming 'caffe'"):
+        build_model("simplebaseline_r50", pretrained=path, pretrained_naming="caffe")
+    with pytest.raises(ValueError, match="pretrained_naming=keras: model.pretrained=.*resnet50.pth is not a Keras"):
         build_model("simplebaseline_r50", pretrained=path, pretrained_naming="keras")

@@ -162,3 +162,11 @@ def test_parallel_children_compares_launchers_on_the_same_children(root, test_ge
         wall = float(wall)
         assert _quotient_matches(float(rate), 60 * 2, wall, 0, 0.1, 0.01), rate
         assert _quotient_matches(float(speed_up.rstrip("x")), baseline, wall, 0.1, 0.1, 0.01), speed_up
+
+
+def test_model_speed_times_efficientpose_with_its_own_codec(root):
+    """EfficientPose trains through its confidence-map codec on every pass and is timed as deployed."""
+    out = _bench(root, "bench/model_speed.py", "--models", "efficientpose_rt", "--sizes", "64x64", "--batches", "2",
+                 "--repeats", "1", "--warmup", "0", "--variants", "fp32")  # fmt: skip
+    (row,) = _table(out, "efficientpose_rt")
+    assert row[1] == "0.46M" and row[2:5] == ["64x64", "2", "fp32"] and float(row[5]) > 0 and float(row[7]) > 0

@@ -26,10 +26,16 @@ PAPER = {
     "posetrack_finetune": ("EvoPoseNet", [256, 192], 512, 20, 5, True),
 }
 SEARCHES = {"e1", "e2", "e3", "e3_no_transfer"}  # evolve.py's, tested with it
+EFFICIENTPOSE = {  # MPII, tested in test_efficientpose_system.py
+    *(f"efficientpose_{v}" for v in ("rt", "i", "ii", "iii", "iv")),
+    *(f"efficientpose_{v}_passes{n}" for v in ("i", "ii") for n in (1, 3)),
+    "efficientpose_i_no_upscaling",
+}
 
 
 def test_every_experiment_is_accounted_for(conf_dir):
-    assert {p.stem for p in (conf_dir / "experiment").glob("*.yaml")} == set(PAPER) | SEARCHES | {"coco_sample"}
+    every = set(PAPER) | SEARCHES | EFFICIENTPOSE | {"coco_sample"}
+    assert {p.stem for p in (conf_dir / "experiment").glob("*.yaml")} == every
 
 
 @pytest.mark.parametrize("experiment", sorted(PAPER))

@@ -69,6 +69,11 @@ class Codec(ABC):
     def merge_flip(self, outputs: Outputs, flipped: Outputs, flip_index: Sequence[int]) -> Outputs:
         """``outputs`` merged with the outputs for the mirrored input (left and right swapped by ``flip_index``)."""
 
+    def set_progress(self, fraction: float) -> None:  # noqa: B027 (a hook: most targets are fixed)
+        """Targets that change over training (EfficientPose's sigma schedule) take the ``fraction`` of training
+        done, 0 to 1. PoseModule calls it at each training epoch's start, and with 1 before validating, so
+        validation losses are measured against the same (final) targets throughout and compare across epochs."""
+
     def person_scores(self, box_scores: torch.Tensor, keypoint_scores: torch.Tensor) -> torch.Tensor:
         """Each person's confidence (B,) from its box score (B,) and keypoint scores (B, K): COCO results
         rank people by it. By default, the box score (a codec that decodes boxes itself overrides it)."""

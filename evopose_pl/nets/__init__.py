@@ -1,7 +1,9 @@
-"""Pose networks in plain PyTorch (no Lightning): the genotype decoder, the baselines, named models."""
+"""Pose networks in plain PyTorch (no Lightning): the genotype decoder, the baselines, EfficientPose, named models."""
 
 from evopose_pl.nets.baselines import HRNet, SimpleBaseline
-from evopose_pl.nets.counting import ParameterCount, count_flops, count_parameters
+from evopose_pl.nets.counting import ParameterCount, count_flops, count_parameters, deployed
+from evopose_pl.nets.efficientpose import VARIANTS as EFFICIENTPOSE_VARIANTS
+from evopose_pl.nets.efficientpose import EfficientPoseNet
 from evopose_pl.nets.evopose import (
     EvoPoseNet,
     MBConv,
@@ -16,6 +18,8 @@ from evopose_pl.nets.registry import BASELINES, MODELS, NamedModel, build_model,
 
 __all__ = [
     "BASELINES",
+    "EFFICIENTPOSE_VARIANTS",
+    "EfficientPoseNet",
     "MODELS",
     "EvoPoseNet",
     "HRNet",
@@ -31,6 +35,7 @@ __all__ = [
     "count_parameters",
     "decode_backbone",
     "decode_module",
+    "deployed",
     "describe",
     "from_description",
     "rename_pretrained",

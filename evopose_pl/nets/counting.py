@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -14,19 +15,38 @@ aten = torch.ops.aten
 
 
 class ParameterCount(NamedTuple):
-    trainable: int
-    with_bn_stats: int  # Keras' count_params(): parameters plus BN moving mean and variance (the paper's figures)
+    trainable: int  # what the optimiser updates, training-only layers included
+    with_bn_stats: int  # Keras' count_params() of the deployed network: parameters plus BN moving statistics
+
+
+def training_only_layers(net: nn.Module) -> list[nn.Module]:
+    """Layers a network trains but does not deploy (EfficientPose's intermediate predictions)."""
+    layers = getattr(net, "training_only_layers", None)
+    return list(layers()) if callable(layers) else []
+
+
+@contextmanager
+def deployed(net: nn.Module) -> Iterator[nn.Module]:
+    """``net`` as deployed while inside: a network with training-only outputs (``deployed`` attribute)
+    returns its final prediction alone, as an exported or measured network should."""
+    before = getattr(net, "deployed", None)
+    if before is not None:
+        net.deployed = True
+    try:
+        yield net
+    finally:
+        if before is not None:
+            net.deployed = before
 
 
 def count_parameters(net: nn.Module) -> ParameterCount:
-    """Trainable parameters, and all parameters plus BatchNorm running statistics."""
+    """Trainable parameters, and the deployed network's parameters plus BatchNorm running statistics
+    (the papers' figures: Keras counts the moving statistics, and the deployed graph drops training-only layers)."""
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in net.parameters())
-    stats = sum(
-        m.running_mean.numel() + m.running_var.numel()
-        for m in net.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
-    )
+    skipped = {id(t) for layer in training_only_layers(net) for t in [*layer.parameters(), *layer.buffers()]}
+    total = sum(p.numel() for p in net.parameters() if id(p) not in skipped)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    stats = sum(m.running_mean.numel() + m.running_var.numel() for m in norms if id(m.running_mean) not in skipped)
     return ParameterCount(trainable, total + stats)
 
 
@@ -61,7 +81,7 @@ _TF_PROFILER_OPS = {
 
 
 def count_flops(net: nn.Module, input_size: Sequence[int], in_channels: int = 3, elementwise: bool = True) -> int:
-    """Multiply-accumulates of one forward pass on a single image: the paper's "FLOPs".
+    """Multiply-accumulates of one forward pass of the deployed network on a single image: the paper's "FLOPs".
 
     The reference code halves TensorFlow's profiler count, so a convolution counts its
     multiply-accumulates and every elementwise op counts half an op. ``elementwise=False``
@@ -73,7 +93,7 @@ def count_flops(net: nn.Module, input_size: Sequence[int], in_channels: int = 3,
     was_training = net.training
     net.eval()
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), deployed(net), counter:
             net(x)
     finally:
         net.train(was_training)

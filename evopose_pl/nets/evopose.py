@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -27,29 +27,103 @@ BN_MOMENTUM = 0.01  # torch's convention: 1 - Keras' 0.99
 TRUNC_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated at +-2
 
 
+#: Convolution padding: ``same`` is symmetric (k // 2 each side, PyTorch's usual choice); ``tf_same`` is
+#: TensorFlow's ``'same'``, which pads a strided convolution asymmetrically (the extra row and column after),
+#: so networks trained in TensorFlow (the released EfficientPose models) give the same outputs here.
+PADDINGS = ("same", "tf_same")
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
-def conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    """Conv ("same" padding, no bias) -> BN -> optional swish, named ``conv``, ``bn``, ``act``."""
+def swish() -> nn.Module:
+    return nn.SiLU(inplace=True)
+
+
+def check_padding(padding: str) -> str:
+    if padding not in PADDINGS:
+        raise ValueError(f"model.padding={padding}: must be one of {', '.join(PADDINGS)}")
+    return padding
+
+
+def tf_same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding of one axis (before, after): the output has ceil(size / stride) positions."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class TFSameConv2d(nn.Conv2d):
+    """A convolution padded as TensorFlow's ``'same'`` for the input it is given (asymmetric at stride 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = tf_same_pads(x.shape[-2], self.kernel_size[0], self.stride[0])
+        left, right = tf_same_pads(x.shape[-1], self.kernel_size[1], self.stride[1])
+        return super().forward(nn.functional.pad(x, (left, right, top, bottom)))
+
+
+class TFSameConvTranspose2d(nn.ConvTranspose2d):
+    """A transposed convolution as TensorFlow's ``'same'``: ``stride`` times the input, the full output
+    cropped from ``(kernel - stride) // 2`` (PyTorch's ``padding``), the remainder cut at the end."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y[..., : x.shape[-2] * self.stride[0], : x.shape[-1] * self.stride[1]]
+
+
+def init_conv_(m: nn.Conv2d | nn.ConvTranspose2d, std: float | None = None) -> None:
+    """EfficientNet's (Keras') initialisation: a normal truncated at 2 std, He's variance by fan-out, zero bias.
+    Keras' fan-out is the last kernel axis: output channels per group for a convolution (1 for depthwise),
+    *input* channels for a transposed one. ``std`` overrides He's."""
+    if std is None:
+        per_kernel = m.in_channels if m.transposed else m.out_channels // m.groups
+        std = math.sqrt(2.0 / (per_kernel * m.weight[0, 0].numel())) / TRUNC_NORMAL_STD
+    nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
+def conv2d(
+    in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False, padding: str = "same"
+) -> nn.Conv2d:
+    """A convolution that keeps ``ceil(size / stride)`` positions, padded as ``padding`` says (``PADDINGS``)."""
+    if check_padding(padding) == "tf_same" and stride > 1:
+        return TFSameConv2d(in_ch, out_ch, kernel, stride, 0, groups=groups, bias=bias)
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=bias)
+
+
+def conv_transpose2d(in_ch: int, out_ch: int, kernel: int, bias: bool = False, padding: str = "same") -> nn.Module:
+    """A stride-2 transposed convolution that doubles H and W. ``same``: PyTorch's symmetric cropping of
+    the full output (``padding=(kernel - 1) // 2`` with the remainder restored by ``output_padding``);
+    ``tf_same``: TensorFlow's, which crops ``(kernel - 2) // 2`` before and the rest after."""
+    if check_padding(padding) == "tf_same":
+        return TFSameConvTranspose2d(in_ch, out_ch, kernel, 2, padding=max(kernel - 2, 0) // 2, bias=bias)
+    pad = (kernel - 1) // 2
+    return nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, padding=pad, output_padding=2 * pad + 2 - kernel, bias=bias)
+
+
+def conv_bn(
+    in_ch: int,
+    out_ch: int,
+    kernel: int,
+    stride: int = 1,
+    groups: int = 1,
+    activation: Callable[[], nn.Module] | None = swish,
+    padding: str = "same",
+) -> nn.Sequential:
+    """Conv (no bias) -> BN -> optional activation (swish by default), named ``conv``, ``bn``, ``act``."""
     layers: OrderedDict[str, nn.Module] = OrderedDict(
-        conv=nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False), bn=_bn(out_ch)
+        conv=conv2d(in_ch, out_ch, kernel, stride, groups, padding=padding), bn=_bn(out_ch)
     )
-    if act:
-        layers["act"] = nn.SiLU(inplace=True)
+    if activation is not None:
+        layers["act"] = activation()
     return nn.Sequential(layers)
 
 
-def upsample_bn(in_ch: int, out_ch: int) -> nn.Sequential:
-    """A head block: transposed 3x3 conv, stride 2 ("same": doubles H and W), no bias -> BN -> swish."""
-    return nn.Sequential(
-        OrderedDict(
-            conv=nn.ConvTranspose2d(in_ch, out_ch, 3, 2, padding=1, output_padding=1, bias=False),
-            bn=_bn(out_ch),
-            act=nn.SiLU(inplace=True),
-        )
-    )
+def upsample_bn(in_ch: int, out_ch: int, padding: str = "same") -> nn.Sequential:
+    """A head block: transposed 3x3 conv, stride 2 (doubles H and W), no bias -> BN -> swish."""
+    conv = conv_transpose2d(in_ch, out_ch, 3, padding=padding)
+    return nn.Sequential(OrderedDict(conv=conv, bn=_bn(out_ch), act=swish()))
 
 
 def drop_connect(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -133,11 +207,11 @@ def decode_backbone(
 class SqueezeExcitation(nn.Module):
     """Channel gating; the squeeze width comes from the block's input channels (EfficientNet)."""
 
-    def __init__(self, channels: int, squeeze: int) -> None:
+    def __init__(self, channels: int, squeeze: int, activation: Callable[[], nn.Module] = swish) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(channels, squeeze, 1)
         self.expand = nn.Conv2d(squeeze, channels, 1)
-        self.act = nn.SiLU(inplace=True)
+        self.act = activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = x.mean((2, 3), keepdim=True)
@@ -148,13 +222,13 @@ class SqueezeExcitation(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual block: expand 1x1 -> depthwise kxk -> squeeze-excite -> project 1x1."""
 
-    def __init__(self, config: MBConvConfig) -> None:
+    def __init__(self, config: MBConvConfig, padding: str = "same") -> None:
         super().__init__()
         mid = config.mid_channels
         self.expand = conv_bn(config.in_channels, mid, 1) if config.expand_ratio != 1 else nn.Identity()
-        self.depthwise = conv_bn(mid, mid, config.kernel, config.stride, groups=mid)
+        self.depthwise = conv_bn(mid, mid, config.kernel, config.stride, groups=mid, padding=padding)
         self.se = SqueezeExcitation(mid, config.squeeze_channels)
-        self.project = conv_bn(mid, config.out_channels, 1, act=False)
+        self.project = conv_bn(mid, config.out_channels, 1, activation=None)
         self.residual = config.residual
         self.drop_rate = config.drop_rate
 
@@ -168,9 +242,9 @@ class MBConv(nn.Module):
 class MBConvModule(nn.Module):
     """One genotype module (the paper's word; ``modules.<i>``): its MBConv blocks, ``blocks.<j>``."""
 
-    def __init__(self, blocks: Sequence[MBConvConfig]) -> None:
+    def __init__(self, blocks: Sequence[MBConvConfig], padding: str = "same") -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*(MBConv(block) for block in blocks))
+        self.blocks = nn.Sequential(*(MBConv(block, padding) for block in blocks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
@@ -183,7 +257,8 @@ class EvoPoseNet(nn.Module):
     scaling and the drop-connect rate. The network is fully convolutional and runs at any input
     size; its heatmaps are the input size divided by ``output_stride`` (2 for EvoPose2D-S, 4 for
     the ancestor and XS). ``top_channels`` adds EfficientNet's last 1x1 convolution (``top``: 1280
-    channels in B0) between the backbone and the head; EvoPose2D networks have none.
+    channels in B0) between the backbone and the head; EvoPose2D networks have none. ``padding``
+    (``PADDINGS``): ``tf_same`` for weights trained in TensorFlow; it changes no layer or weight shape.
     """
 
     def __init__(
@@ -198,6 +273,7 @@ class EvoPoseNet(nn.Module):
         head_blocks: int = 3,
         se_ratio: float = 0.25,
         top_channels: int | None = None,
+        padding: str = "same",
     ) -> None:
         super().__init__()
         self.genotype = Genotype.coerce(genotype)
@@ -216,13 +292,14 @@ class EvoPoseNet(nn.Module):
             "head_blocks": head_blocks,
             "se_ratio": se_ratio,
             "top_channels": top_channels,
+            "padding": check_padding(padding),
         }
         channels = self.scaling.filters(stem_channels, self.resolution)
-        self.stem = conv_bn(3, channels, 3, stride=2)
+        self.stem = conv_bn(3, channels, 3, stride=2, padding=padding)
         backbone = decode_backbone(self.genotype, self.resolution, self.scaling, channels, se_ratio, drop_connect)
         # ``modules`` is the contracted layer name, but nn.Module.modules() is a method, so
         # add_module would refuse it: register the child directly.
-        self._modules["modules"] = nn.ModuleList(MBConvModule(blocks) for blocks in backbone)
+        self._modules["modules"] = nn.ModuleList(MBConvModule(blocks, padding) for blocks in backbone)
         channels = backbone[-1][-1].out_channels
         self.top = None
         if top_channels:
@@ -230,7 +307,9 @@ class EvoPoseNet(nn.Module):
             self.top = conv_bn(channels, top, 1)
             channels = top
         width = self.scaling.filters(head_channels, self.resolution)
-        self.head = nn.Sequential(*(upsample_bn(channels if n == 0 else width, width) for n in range(head_blocks)))
+        self.head = nn.Sequential(
+            *(upsample_bn(channels if n == 0 else width, width, padding) for n in range(head_blocks))
+        )
         self.final = nn.Conv2d(width if head_blocks else channels, num_keypoints, 1)
         # Input pixels per heatmap pixel: stem and stride-2 modules halve, head blocks double.
         self.output_stride = 2.0 ** (1 + self.genotype.num_stride2 - head_blocks)
@@ -244,19 +323,12 @@ class EvoPoseNet(nn.Module):
     def reset_parameters(self) -> None:
         """The reference (Keras) initialisation, fan-out computed from Keras' kernel layouts."""
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                receptive = m.weight[0, 0].numel()
-                if m is self.final:
-                    bound = math.sqrt(3.0 * (1.0 / 3.0) / (m.out_channels * receptive))
-                    nn.init.uniform_(m.weight, -bound, bound)
-                else:
-                    # Keras' fan_out is the last kernel axis: output channels per group for a
-                    # convolution (1 for depthwise), *input* channels for a transposed one.
-                    per_kernel = m.in_channels if m.transposed else m.out_channels // m.groups
-                    std = math.sqrt(2.0 / (per_kernel * receptive)) / TRUNC_NORMAL_STD
-                    nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            if m is self.final:
+                bound = math.sqrt(3.0 * (1.0 / 3.0) / (m.out_channels * m.weight[0, 0].numel()))
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                init_conv_(m)
             elif isinstance(m, nn.BatchNorm2d):
                 m.reset_parameters()
 

@@ -9,6 +9,7 @@ Recognised namings (by their keys; no download, the file is yours):
 | ``timm_efficientnet`` | ``blocks.1.0.conv_pw.weight`` | ``modules.1.blocks.0.expand.conv.weight`` |
 | ``torchvision_efficientnet`` | ``features.2.0.block.0.0.weight`` | ``modules.1.blocks.0.expand.conv.weight`` |
 | ours | ``modules.1.blocks.0.expand.conv.weight`` | itself (an EvoPose2D-PL or Lightning checkpoint) |
+| ``keras`` (an ``.h5`` file) | ``block2a_expand_conv`` | ``modules.1.blocks.0.expand.conv`` (see ``nets.keras``) |
 
 Classifier weights (``fc``, ``classifier``) are dropped. EfficientNet stage ``i`` is our module
 ``i`` (timm) or ``i - 1`` (torchvision, whose ``features.0`` is the stem); its top convolution
@@ -24,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from evopose_pl.nets.keras import is_hdf5, read_keras_weights
 from evopose_pl.transfer import TransferReport, load_state_dict, transfer_weights
 
 # MBConv sub-layers: (timm name, torchvision index) -> ours, for blocks without and with expansion.
@@ -125,6 +127,13 @@ def seed_from_pretrained(
     ``exclude`` lists layer-name prefixes (ours) that keep their fresh initialisation, e.g.
     ``["final"]`` to replace the output layer when fine-tuning on another keypoint set.
     """
-    state = rename_pretrained(load_state_dict(weights, "model.pretrained="), naming)
+    if isinstance(weights, (str, os.PathLike)) and is_hdf5(weights):
+        if naming not in ("auto", "keras"):
+            raise ValueError(f"model.pretrained_naming={naming}: {os.fspath(weights)} is a Keras file (naming keras)")
+        state = read_keras_weights(weights, "model.pretrained=")
+    elif naming == "keras":
+        raise ValueError(f"model.pretrained_naming=keras: model.pretrained={weights} is not a Keras .h5 file")
+    else:
+        state = rename_pretrained(load_state_dict(weights, "model.pretrained="), naming)
     prefixes = tuple(f"{p.rstrip('.')}." for p in exclude)
     return transfer_weights({k: v for k, v in state.items() if not k.startswith(prefixes)}, net)

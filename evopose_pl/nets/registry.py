@@ -1,4 +1,5 @@
-"""The named models: EvoPose2D's (a genotype and the resolution it is decoded for) and the baselines."""
+"""The named models: EvoPose2D's (a genotype and the resolution it is decoded for), the baselines and
+EfficientPose's variants (``nets.efficientpose.VARIANTS``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import NamedTuple
 from torch import nn
 
 from evopose_pl.nets.baselines import HRNet, SimpleBaseline
+from evopose_pl.nets.efficientpose import VARIANTS, EfficientPoseNet
 from evopose_pl.nets.evopose import EvoPoseNet
+from evopose_pl.nets.keras import is_hdf5
 from evopose_pl.nets.pretrained import seed_from_pretrained
 from evopose_pl.search import ANCESTOR, EVOPOSE2D_S, EVOPOSE2D_XS, CompoundScaling, Genotype
 
@@ -39,7 +42,9 @@ BASELINES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in (EvoPoseNet, SimpleBaseline, HRNet)}
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (EvoPoseNet, SimpleBaseline, HRNet, EfficientPoseNet)
+}
 
 
 def describe(net: nn.Module) -> dict:
@@ -75,13 +80,21 @@ def build_model(
     pretrained: str | os.PathLike | None = None,
     pretrained_naming: str = "auto",
     pretrained_exclude: Sequence[str] = (),
+    padding: str | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a named model; ``resolution`` overrides its own (and so an EvoPose2D model's compound scaling).
 
     ``pretrained`` seeds it from a checkpoint through weight transfer (see ``nets.pretrained``);
     layers named in ``pretrained_exclude`` (prefixes, e.g. ``final``) keep their initialisation.
+    ``padding`` (EvoPose2D and EfficientPose networks: ``same`` or ``tf_same``) defaults to ``tf_same``
+    for weights from a Keras file, which were trained with TensorFlow's padding, and ``same`` otherwise.
     """
+    keras_file = isinstance(pretrained, (str, os.PathLike)) and is_hdf5(pretrained)
+    if padding is None and keras_file and (name in MODELS or name in VARIANTS or name == "efficientnet_b0_head"):
+        padding = "tf_same"  # the networks with the option (EvoPose2D's decoder and EfficientPose)
+    if padding is not None:
+        kwargs["padding"] = padding
     net = _build(name, num_keypoints, resolution, scaling, **kwargs)
     if pretrained is not None:
         report = seed_from_pretrained(net, pretrained, pretrained_naming, pretrained_exclude)
@@ -92,12 +105,19 @@ def build_model(
 def _build(
     name: str, num_keypoints: int, resolution: Sequence[int] | None, scaling: CompoundScaling | None, **kwargs
 ) -> nn.Module:
+    if name in VARIANTS:
+        if scaling is not None:
+            raise ValueError(f"model {name!r} has no compound scaling; drop model.scaling")
+        variant = VARIANTS[name]._asdict()
+        variant["resolution"] = resolution or variant["resolution"]
+        return EfficientPoseNet(**{**variant, **kwargs}, num_keypoints=num_keypoints)
     if name in BASELINES:
         if scaling is not None and name != "efficientnet_b0_head":
             raise ValueError(f"model {name!r} has no compound scaling; drop model.scaling")
         extra = {"scaling": scaling} if scaling is not None else {}
         return BASELINES[name](num_keypoints=num_keypoints, resolution=resolution or (256, 192), **extra, **kwargs)
     if name not in MODELS:
-        raise ValueError(f"unknown model name {name!r}; the named models are {sorted(MODELS) + sorted(BASELINES)}")
+        known = sorted(MODELS) + sorted(BASELINES) + sorted(VARIANTS)
+        raise ValueError(f"unknown model name {name!r}; the named models are {known}")
     model = MODELS[name]
     return EvoPoseNet(model.genotype, resolution or model.resolution, num_keypoints, scaling=scaling, **kwargs)
