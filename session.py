@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import cv2
 import lightning.pytorch as pl
@@ -19,7 +19,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
+from callbacks import ArchitectureMonitor
+from evopose_pl.architecture_search import (
+    ArchitectureSplit,
+    DartsModule,
+    architecture_parameters,
+    randomise_architecture,
+)
 from evopose_pl.checkpoint import CheckpointError
 from evopose_pl.data import AnnotationError, ImageFileError
 from evopose_pl.files import FileFormatError
@@ -65,7 +73,8 @@ def build_loggers(cfg: DictConfig | None) -> list[Logger]:
 
 @dataclass
 class Session:
-    """Everything a fit needs, instantiated from the config."""
+    """Everything a fit needs, instantiated from the config (``datamodule``: an ``ArchitectureSplit`` of the
+    data for ``search=darts``)."""
 
     datamodule: pl.LightningDataModule
     module: PoseModule
@@ -96,15 +105,53 @@ def share_cores(cfg: DictConfig) -> None:
             cfg.data.num_workers = threads
 
 
+#: The ``search`` group's methods (SPEC-PNFS section 5).
+SEARCH_METHODS = ("sync", "random", "darts")
+
+
+def prepare_search(
+    search: DictConfig, net: nn.Module, datamodule: pl.LightningDataModule
+) -> tuple[pl.LightningDataModule, type[PoseModule], dict[str, Any]]:
+    """The data module, LightningModule class and its extra arguments for the ``search`` config on ``net``:
+    sync changes nothing, random draws and freezes the architecture, darts splits the training set and
+    alternates the steps."""
+    method = search.get("method")
+    if method not in SEARCH_METHODS:
+        raise ConfigError(f"search.method={method}: one of {', '.join(SEARCH_METHODS)}")
+    if not architecture_parameters(net):
+        raise ConfigError(
+            f"search={method}: {type(net).__name__} has no architecture parameters to search; "
+            "use model=pnfs (without model.derived)"
+        )
+    if method == "random":
+        randomise_architecture(net, search.seed)
+    if method != "darts":
+        return datamodule, PoseModule, {}
+    fraction = search.architecture_fraction
+    if not 0 < fraction < 1:
+        raise ConfigError(f"search.architecture_fraction={fraction}: must lie strictly between 0 and 1")
+    settings = {
+        "architecture_lr": search.lr,
+        "architecture_weight_decay": search.weight_decay,
+        "architecture_betas": tuple(search.betas),
+    }
+    return ArchitectureSplit(datamodule, fraction, search.seed), DartsModule, settings
+
+
 def build(cfg: DictConfig) -> Session:
     """Take the run's share of the cores, seed, then instantiate data, the system's parts (network,
-    codec, recipe), the LightningModule composing them, callbacks, loggers and trainer."""
+    codec, recipe), the architecture search when ``search`` is set, the LightningModule composing them,
+    callbacks, loggers and trainer."""
     share_cores(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     info = datamodule.keypoint_info
     net = instantiate(cfg.model, num_keypoints=info.num_keypoints)
-    module = PoseModule(
+    search = cfg.get("search")
+    module_class, search_settings = PoseModule, {}
+    if search is not None:
+        datamodule, module_class, search_settings = prepare_search(search, net, datamodule)
+    module = module_class(
         net=net,
         codec=instantiate(cfg.codec),
         recipe=instantiate(cfg.recipe),
@@ -114,11 +161,14 @@ def build(cfg: DictConfig) -> Session:
         flip_test=cfg.flip_test,
         channels_last=cfg.channels_last,
         results_dir=cfg.paths.output_dir,
+        **search_settings,
     )
     if cfg.trainer.get("precision") is None:
         with open_dict(cfg):  # resolved here, so that loggers record the precision used
             cfg.trainer.precision = default_precision(cfg.trainer.get("accelerator", "auto"), datamodule.input_size)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if search is not None:
+        callbacks.append(ArchitectureMonitor(cfg.paths.output_dir))
     loggers = build_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:

@@ -217,3 +217,35 @@ class SgdCyclical(Recipe):
             f"(global batch {batch}), peaks decaying x{decay} per cycle towards {peak / math.sqrt(ratio):.3g}"
         )
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class AdamStepDecay(Recipe):
+    """PNFS's recipe (SPEC-PNFS section 6), ``recipe=pnfs``: Adam at ``lr`` (1e-3), the rate multiplied by
+    ``gamma`` (0.25) at each of the ``milestones`` epochs (90, 120 and 150 of 200), no batch scaling and no
+    weight decay (the paper's batch is 24). Every parameter the network has is optimised, architecture
+    weights included: PNFS's synchronous search."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        milestones: tuple[int, ...] | list[int] = (90, 120, 150),
+        gamma: float = 0.25,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self.lr, self.gamma, self.weight_decay = float(lr), float(gamma), float(weight_decay)
+        self.milestones = [int(m) for m in milestones]
+        if self.lr <= 0:
+            raise ValueError(f"recipe.lr={lr}: must be > 0")
+        if self.milestones != sorted(set(self.milestones)):
+            raise ValueError(f"recipe.milestones={self.milestones}: must be increasing epochs")
+
+    def settings(self) -> dict[str, Any]:
+        return {"lr": self.lr, "milestones": self.milestones, "gamma": self.gamma, "weight_decay": self.weight_decay}
+
+    def configure(self, net: nn.Module, trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
+        optimiser = torch.optim.Adam(
+            net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=fusable(net) or None
+        )
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, self.milestones, self.gamma)
+        rank_zero_info(f"Adam: rate {self.lr:.3g}, x{self.gamma:g} at epochs {self.milestones}")
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from evopose_pl.codecs import CodecError, HeatmapCodec, codec_from_description, named_outputs
 from evopose_pl.data.heatmaps import decode_heatmaps, masked_mse, merge_flipped, render_heatmaps
@@ -60,6 +61,20 @@ def test_a_codec_description_rebuilds_it_or_is_refused_by_name():
     with pytest.raises(CodecError, match="codec 'kapao' is not one of"):
         codec_from_description({"name": "kapao", "settings": {}})
     with pytest.raises(CodecError, match="codec 'heatmap': .*unexpected keyword"):
-        codec_from_description({"name": "heatmap", "settings": {"peak": 1}})
+        codec_from_description({"name": "heatmap", "settings": {"radius": 1}})
     with pytest.raises(CodecError, match="not a codec description"):
         codec_from_description(["heatmap"])
+
+
+def test_heatmaps_peaking_at_one_for_squashed_outputs(compose):
+    """PNFS's configuration (codec=pnfs): targets peak at 1, scores are the maxima, the loss is halved."""
+    codec = instantiate(compose("train", "codec=pnfs").codec)
+    assert isinstance(codec, HeatmapCodec) and codec.peak == 1.0 and codec.loss_scale == 0.5
+    kp = torch.tensor([[[20.0, 30.0, 1.0], [10.0, 12.0, 0.0]]])
+    target, visible = codec.encode(kp, INPUT, (16, 12))
+    assert target.max() == 1.0 and visible.tolist() == [[1.0, 0.0]]
+    _, scores = codec.decode(target, INPUT)
+    assert scores[0, 0] == 1.0
+    reference = HeatmapCodec(peak=1.0)
+    outputs = torch.zeros(1, 2, 16, 12)
+    assert codec.loss(outputs, kp, INPUT)["loss"] == pytest.approx(0.5 * reference.loss(outputs, kp, INPUT)["loss"])

@@ -12,7 +12,7 @@ from evopose_pl.search import CompoundScaling
 
 def test_a_config_for_every_named_model(conf_dir):
     # and the embedded demo's network: a named model's genotype decoded for a small resolution
-    named = set(MODELS) | set(BASELINES) | set(EFFICIENTPOSE_VARIANTS)
+    named = set(MODELS) | set(BASELINES) | set(EFFICIENTPOSE_VARIANTS) | {"pnfs"}
     assert {p.stem for p in (conf_dir / "model").glob("*.yaml")} == named | {"demo"}
 
 

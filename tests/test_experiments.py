@@ -31,10 +31,16 @@ EFFICIENTPOSE = {  # MPII, tested in test_efficientpose_system.py
     *(f"efficientpose_{v}_passes{n}" for v in ("i", "ii") for n in (1, 3)),
     "efficientpose_i_no_upscaling",
 }
+PNFS = {  # tested in test_pnfs.py
+    "pnfs_mpii", "pnfs_mpii_random", "pnfs_mpii_darts", "pnfs_mpii_hrnet",
+    "pnfs_coco_mobilenetv2", "pnfs_coco_resnet50",
+    *(f"pnfs_mpii_parts{p}" for p in (1, 3, 5, 8)),
+    *(f"pnfs_mpii_vector{d}" for d in (1, 4, 8, 16)),
+}  # fmt: skip
 
 
 def test_every_experiment_is_accounted_for(conf_dir):
-    every = set(PAPER) | SEARCHES | EFFICIENTPOSE | {"coco_sample"}
+    every = set(PAPER) | SEARCHES | EFFICIENTPOSE | PNFS | {"coco_sample"}
     assert {p.stem for p in (conf_dir / "experiment").glob("*.yaml")} == every
 
 

@@ -25,7 +25,8 @@ def test_checkpoint_rebuilds_its_network_and_keypoint_set(checkpoint):
     names, skeleton = module.keypoint_info.names, [list(pair) for pair in module.keypoint_info.skeleton]
     assert len(names) == 17 and names[0] == "nose" and module.flip_index[1] == 2
     assert [5, 6] in skeleton or [6, 5] in skeleton
-    assert module.codec.describe() == {"name": "heatmap", "settings": {"sigma": None, "keypoint_threshold": 0.2}}
+    settings = {"sigma": None, "keypoint_threshold": 0.2, "peak": 255.0, "loss_scale": 1.0}
+    assert module.codec.describe() == {"name": "heatmap", "settings": settings}
     saved = torch.load(checkpoint, weights_only=True)["state_dict"]
     assert torch.equal(module.net.final.weight, saved["net.final.weight"])
 

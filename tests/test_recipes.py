@@ -1,5 +1,6 @@
 """EvoPose2D's recipe (recipe=evopose2d): rate scaling, warm-up then cosine, L2 on the right kernels; EfficientPose's
-(recipe=efficientpose): SGD with momentum and a decaying triangular cyclical rate."""
+(recipe=efficientpose): SGD with momentum and a decaying triangular cyclical rate; PNFS's (recipe=pnfs): Adam with
+step decay."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from evopose_pl.codecs import HeatmapCodec
 from evopose_pl.data import KeypointInfo
 from evopose_pl.module import PoseModule
 from evopose_pl.nets import EvoPoseNet
-from evopose_pl.recipes import AdamWarmupCosine, SgdCyclical, decaying_triangle, l2_parameters, warmup_cosine
+from evopose_pl.recipes import (
+    AdamStepDecay,
+    AdamWarmupCosine,
+    SgdCyclical,
+    decaying_triangle,
+    l2_parameters,
+    warmup_cosine,
+)
 from evopose_pl.search import EVOPOSE2D_S
 
 KEYPOINTS = KeypointInfo(tuple(f"k{i}" for i in range(17)))
@@ -143,3 +151,21 @@ def test_impossible_cyclical_settings_are_refused(setting):
     (key, value), *_ = setting.items()
     with pytest.raises(ValueError, match=rf"^recipe\.{key}={value}: must"):
         SgdCyclical(**setting)
+
+
+def test_adam_step_decay_multiplies_the_rate_at_its_milestone_epochs(tmp_path, random_crops, test_genotype, compose):
+    net = EvoPoseNet(test_genotype, num_keypoints=17, head_channels=32)
+    recipe = AdamStepDecay(lr=1e-3, milestones=[1, 3], gamma=0.25)
+    module = PoseModule(net, HeatmapCodec(), recipe, KEYPOINTS, (64, 48), batch_size=8)
+    rates = _Rates()
+    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[rates])  # fmt: skip
+    trainer.fit(module, random_crops(16, 8))  # 2 steps an epoch
+    assert rates.rates == pytest.approx([1e-3] * 2 + [2.5e-4] * 4 + [6.25e-5] * 2)
+    assert type(trainer.optimizers[0]) is torch.optim.Adam
+    cfg = compose("train", "recipe=pnfs")
+    assert instantiate(cfg.recipe).settings() == {"lr": 1e-3, "milestones": [90, 120, 150], "gamma": 0.25,
+                                                  "weight_decay": 0.0}  # fmt: skip
+    with pytest.raises(ValueError, match=r"recipe.milestones=\[3, 1\]: must be increasing"):
+        AdamStepDecay(milestones=[3, 1])

@@ -19,9 +19,14 @@ def default_sigma(heatmap_height: int) -> float:
 
 
 def render_heatmaps(
-    keypoints: torch.Tensor, input_size: Sequence[int], heatmap_size: Sequence[int], sigma: float | None = None
+    keypoints: torch.Tensor,
+    input_size: Sequence[int],
+    heatmap_size: Sequence[int],
+    sigma: float | None = None,
+    peak: float = PEAK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian targets (B, K, h, w) with peak 255, and visibility weights (B, K) in {0, 1}.
+    """Gaussian targets (B, K, h, w) with peak ``peak`` (255, the reference's), and visibility weights (B, K)
+    in {0, 1}.
 
     ``keypoints`` (B, K, 3) are in input pixels with visibility; each Gaussian is centred on the
     keypoint's heatmap coordinate rounded to the nearest pixel, ``floor(x * w / W + 0.5)``.
@@ -33,7 +38,7 @@ def render_heatmaps(
     y = torch.floor(kp[..., 1] * height / input_size[0] + 0.5)[..., None, None]
     xs = torch.arange(width, device=kp.device, dtype=kp.dtype)
     ys = torch.arange(height, device=kp.device, dtype=kp.dtype)[:, None]
-    heatmaps = PEAK * torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
+    heatmaps = peak * torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
     return heatmaps, (kp[..., 2] > 0).to(kp.dtype)
 
 
@@ -50,8 +55,10 @@ def merge_flipped(heatmaps: torch.Tensor, flipped: torch.Tensor, flip_index: Seq
     return (heatmaps + back) / 2
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, input_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keypoints in input pixels (B, K, 2) and scores (B, K) = maximum / 255.
+def decode_heatmaps(
+    heatmaps: torch.Tensor, input_size: Sequence[int], peak: float = PEAK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints in input pixels (B, K, 2) and scores (B, K) = maximum / ``peak`` (the targets' peak).
 
     Per channel: the argmax, moved a quarter pixel toward the higher neighbour in x and in y
     away from the border, then scaled by the input / heatmap ratio.
@@ -71,7 +78,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, input_size: Sequence[int]) -> tuple[
     dy = torch.sign(at(0, 1) - at(0, -1))
     coords = torch.stack([x.float() + 0.25 * dx * inner, y.float() + 0.25 * dy * inner], dim=-1)
     coords = coords * torch.tensor([input_size[1] / w, input_size[0] / h], device=coords.device)
-    return coords, maxval / PEAK
+    return coords, maxval / peak
 
 
 def invert_affine(matrices: torch.Tensor) -> torch.Tensor:

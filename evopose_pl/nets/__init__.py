@@ -1,4 +1,5 @@
-"""Pose networks in plain PyTorch (no Lightning): the genotype decoder, the baselines, EfficientPose, named models."""
+"""Pose networks in plain PyTorch (no Lightning): the genotype decoder, the baselines, EfficientPose, PNFS,
+named models."""
 
 from evopose_pl.nets.baselines import HRNet, SimpleBaseline
 from evopose_pl.nets.counting import ParameterCount, count_flops, count_parameters, deployed
@@ -13,6 +14,7 @@ from evopose_pl.nets.evopose import (
     decode_backbone,
     decode_module,
 )
+from evopose_pl.nets.pnfs import PNFSNet
 from evopose_pl.nets.pretrained import rename_pretrained, seed_from_pretrained
 from evopose_pl.nets.registry import BASELINES, MODELS, NamedModel, build_model, describe, from_description
 
@@ -27,6 +29,7 @@ __all__ = [
     "MBConvConfig",
     "MBConvModule",
     "NamedModel",
+    "PNFSNet",
     "ParameterCount",
     "SimpleBaseline",
     "SqueezeExcitation",

@@ -1,5 +1,5 @@
-"""The named models: EvoPose2D's (a genotype and the resolution it is decoded for), the baselines and
-EfficientPose's variants (``nets.efficientpose.VARIANTS``)."""
+"""The named models: EvoPose2D's (a genotype and the resolution it is decoded for), the baselines,
+EfficientPose's variants (``nets.efficientpose.VARIANTS``) and PNFS (``nets.pnfs.PNFSNet``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from evopose_pl.nets.baselines import HRNet, SimpleBaseline
 from evopose_pl.nets.efficientpose import VARIANTS, EfficientPoseNet
 from evopose_pl.nets.evopose import EvoPoseNet
 from evopose_pl.nets.keras import is_hdf5
+from evopose_pl.nets.pnfs import PNFSNet
 from evopose_pl.nets.pretrained import seed_from_pretrained
 from evopose_pl.search import ANCESTOR, EVOPOSE2D_S, EVOPOSE2D_XS, CompoundScaling, Genotype
 
@@ -43,7 +44,7 @@ BASELINES: dict[str, Callable[..., nn.Module]] = {
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (EvoPoseNet, SimpleBaseline, HRNet, EfficientPoseNet)
+    cls.__name__: cls for cls in (EvoPoseNet, SimpleBaseline, HRNet, EfficientPoseNet, PNFSNet)
 }
 
 
@@ -116,8 +117,12 @@ def _build(
             raise ValueError(f"model {name!r} has no compound scaling; drop model.scaling")
         extra = {"scaling": scaling} if scaling is not None else {}
         return BASELINES[name](num_keypoints=num_keypoints, resolution=resolution or (256, 192), **extra, **kwargs)
+    if name == "pnfs":
+        if scaling is not None:
+            raise ValueError("model 'pnfs' has no compound scaling; drop model.scaling")
+        return PNFSNet(num_keypoints=num_keypoints, resolution=resolution or (256, 256), **kwargs)
     if name not in MODELS:
-        known = sorted(MODELS) + sorted(BASELINES) + sorted(VARIANTS)
+        known = sorted(MODELS) + sorted(BASELINES) + sorted(VARIANTS) + ["pnfs"]
         raise ValueError(f"unknown model name {name!r}; the named models are {known}")
     model = MODELS[name]
     return EvoPoseNet(model.genotype, resolution or model.resolution, num_keypoints, scaling=scaling, **kwargs)
