@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 from matplotlib.figure import Figure
 
 from evopose_pl.architecture_search import architecture_weights, describe_derived
+from evopose_pl.nets.pnfs import DERIVED_KEY
 
 ARCHITECTURE_PLOT = "architecture.png"
 DERIVED_ARCHITECTURE = "derived_architecture.json"
@@ -21,7 +22,7 @@ class ArchitectureMonitor(pl.Callback):
     softmax(alpha) per edge and operation, softmax(beta) per cell) to every logger and keeps their history.
     At the end of fit, writes ``architecture.png`` (per part, each edge's operation weights over the epochs)
     and ``derived_architecture.json`` (``net.derive()``, which ``model.derived=`` trains as a fixed network)
-    in ``output_dir``, and prints the derived architecture. Checkpoints hold it as ``"derived_architecture"``.
+    in ``output_dir``, and prints the derived architecture. Checkpoints hold it under ``nets.pnfs.DERIVED_KEY``.
     """
 
     def __init__(self, output_dir: str | os.PathLike) -> None:
@@ -63,7 +64,7 @@ class ArchitectureMonitor(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["derived_architecture"] = pl_module.net.derive()
+        checkpoint[DERIVED_KEY] = pl_module.net.derive()
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
