@@ -135,13 +135,11 @@ class DartsModule(PoseModule):
         )
         return [weights, {"optimizer": architecture}]
 
-    def on_train_epoch_start(self) -> None:
-        batches = self.global_step / 2  # two optimiser steps per batch
-        self.codec.set_progress(batches / max(1, self.trainer.estimated_stepping_batches))
-        for loader in self.trainer.train_dataloader.values():  # both splits are Subsets of the training set
-            dataset = loader.dataset.dataset
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(self.current_epoch)
+    def batches_done(self) -> int:
+        return self.global_step // 2  # two optimiser steps per batch
+
+    def training_datasets(self) -> list[Any]:
+        return [loader.dataset.dataset for loader in self.trainer.train_dataloader.values()]  # Subsets of one set
 
     def _step(self, optimiser: pl.core.optimizer.LightningOptimizer, batch: dict, stage: str) -> torch.Tensor:
         with self.toggled_optimizer(optimiser):

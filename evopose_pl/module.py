@@ -132,11 +132,19 @@ class PoseModule(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics({f"model/{key}": value for key, value in self.size.items()}, step=0)
 
+    def batches_done(self) -> int:
+        """Training batches done so far: one optimiser step each here."""
+        return self.global_step
+
+    def training_datasets(self) -> list[Any]:
+        """The datasets the training batches come from (told the epoch, for their augmentation draws)."""
+        return [getattr(self.trainer.train_dataloader, "dataset", None)]
+
     def on_train_epoch_start(self) -> None:
-        self.codec.set_progress(self.global_step / max(1, self.trainer.estimated_stepping_batches))
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
+        self.codec.set_progress(self.batches_done() / max(1, self.trainer.estimated_stepping_batches))
+        for dataset in self.training_datasets():
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._losses(batch, "train")
