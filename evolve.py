@@ -73,6 +73,9 @@ def train_individual(cfg: DictConfig) -> dict:
         clock["fit_started"] = time.time()
         session.trainer.fit(session.module, session.datamodule)
         clock["fit_ended"] = time.time()
+        if cfg.test:  # the data's metric on the best weights: an accuracy per individual (report compare)
+            session.test(session.best_checkpoint, verbose=False)  # the sweeper logs the figure
+            clock["test_ended"] = time.time()
         return _measure(cfg, session, clock)
     finally:
         # A multi-device fit leaves its process group and rank variables behind; the next child in
@@ -88,12 +91,12 @@ def train_individual(cfg: DictConfig) -> dict:
 
 
 def _measure(cfg: DictConfig, session: Session, clock: dict[str, float]) -> dict:
-    """The child's record of what it measured: size, best validation loss, checkpoint, weight transfer,
-    timing; logged, and saved by rank 0. The fitness is the driver's, computed from this record."""
+    """The child's record of what it measured (``Session.measurements``: size, best validation loss, checkpoint,
+    wall time, devices, and the test figures when ``test=true``) with its weight transfer and timing; logged,
+    and saved by rank 0. The fitness is the driver's, computed from this record."""
     val_loss = session.module.best_val_loss
     if not math.isfinite(val_loss):
         raise FloatingPointError(f"best validation loss is {val_loss}")
-    size = session.module.size
     transfer = next((c.report for c in session.callbacks if isinstance(c, WeightTransfer)), None)
     stages = next((c for c in session.callbacks if isinstance(c, StageTimer)), None)
     if stages is not None:
@@ -102,10 +105,7 @@ def _measure(cfg: DictConfig, session: Session, clock: dict[str, float]) -> dict
     record = {
         "id": cfg.individual.id,
         "genotype": cfg.individual.genotype,
-        **size,
-        "val_loss": val_loss,
-        "checkpoint": session.best_checkpoint,
-        "wall_time": clock["ended"] - clock["started"],
+        **session.measurements(clock["ended"] - clock["started"]),
         "transfer": transfer.summary() if transfer is not None else None,
         "timing": clock,
     }

@@ -7,6 +7,7 @@ Hydra's edge, beside the entry scripts: the library (``evopose_pl``) never impor
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,32 @@ class Session:
     def best_checkpoint(self) -> str | None:
         checkpoint = next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
         return checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+
+    def test(self, ckpt_path: str | None, verbose: bool = True) -> dict[str, float]:
+        """Test ``ckpt_path`` (the module's own weights when None) with the data's metric; its figures by name
+        (printed by Lightning when ``verbose``)."""
+        self.trainer.test(self.module, self.datamodule, ckpt_path=ckpt_path, weights_only=True, verbose=verbose)
+        return self.module.test_metrics
+
+    def measurements(self, wall_time: float) -> dict[str, Any]:
+        """What a run records in its ``result.json``, train.py's runs and evolve.py's children alike: size, best
+        validation loss (None when it did not train), best checkpoint, wall time and devices (their product is
+        the run's device time, what a search costs), and when it tested, the test figures with the data's
+        headline figure as ``accuracy`` (COCO AP, PCKh@0.5 Mean) named by ``accuracy_metric``."""
+        module = self.module
+        record: dict[str, Any] = {
+            **(module.size or module.measure_size()),
+            "val_loss": module.best_val_loss if math.isfinite(module.best_val_loss) else None,
+            "checkpoint": self.best_checkpoint,
+            "wall_time": wall_time,
+            "devices": self.trainer.world_size,
+        }
+        if module.test_metrics:
+            metric = module.metric
+            record["test_metrics"] = dict(module.test_metrics)
+            record["accuracy"] = module.test_metrics[metric.headline]
+            record["accuracy_metric"] = f"{metric.title} {metric.headline}"
+        return record
 
 
 def share_cores(cfg: DictConfig) -> None:

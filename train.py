@@ -12,6 +12,7 @@ trainer, fit, test, and return the configured objective (``objective.metric``, `
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("EVOPOSE_ROOT", str(Path(__file__).resolve().parent))
@@ -22,6 +23,8 @@ from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from evopose_pl.checkpoint import load_checkpoint  # noqa: E402
+from evopose_pl.evolution import RESULT_FILE  # noqa: E402
+from evopose_pl.files import write_json_atomic  # noqa: E402
 from session import ConfigError, build, report_bad_input  # noqa: E402
 
 DIRECTIONS = ("minimize", "maximize")
@@ -42,7 +45,9 @@ def check_objective(cfg: DictConfig) -> tuple[str, str]:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Fit and/or test as the config says; return the best validation loss and the test figures."""
+    """Fit and/or test as the config says; write the run's record (``result.json``, read by ``report compare``);
+    return the best validation loss and the test figures."""
+    started = time.time()
     check_objective(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:  # refused before anything is built if it would run code (Lightning reads it later)
@@ -57,13 +62,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.test:
         if not cfg.train and not ckpt_path and not cfg.model.get("pretrained"):
             raise ConfigError("train=false needs ckpt_path=<checkpoint to test> or model.pretrained=<weights>")
-        trainer.test(module, session.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        session.test(ckpt_path)
         metrics.update({f"test/{k}": v for k, v in module.test_metrics.items()})
         metric = module.metric
         Console().print(metric.table(module.test_metrics))
         tested = ckpt_path or ("the final weights" if cfg.train else f"model.pretrained={cfg.model.pretrained}")
         print(f"Tested: {tested}")
         print(f"{metric.title} {metric.headline}: {module.test_metrics[metric.headline]:.4f}")
+    if trainer.is_global_zero:
+        search = cfg.get("search")
+        record = {
+            "network": type(module.net).__name__,
+            "search": search.method if search is not None else None,
+            "derived": cfg.model.get("derived") is not None,
+            "input_size": list(module.input_size),
+            "epochs": trainer.current_epoch,
+            **session.measurements(time.time() - started),
+        }
+        write_json_atomic(Path(cfg.paths.output_dir) / RESULT_FILE, record)
     for logger in session.loggers:
         if isinstance(logger, WandbLogger) and logger._offline:
             print(f"W&B ran offline; upload with: wandb sync {logger.experiment.dir.rsplit('/files', 1)[0]}")

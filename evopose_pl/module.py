@@ -121,16 +121,24 @@ class PoseModule(pl.LightningModule):
                          sync_dist=sync)  # fmt: skip
         return loss
 
-    def on_fit_start(self) -> None:
+    def measure_size(self) -> dict[str, int]:
+        """Parameters (with BN statistics, and trainable) and FLOPs at the input size, kept in ``size``."""
         params = count_parameters(self.net)
-        flops = count_flops(self.net, self.input_size)
-        self.size = {"params": params.with_bn_stats, "params_trainable": params.trainable, "flops": flops}
+        self.size = {
+            "params": params.with_bn_stats,
+            "params_trainable": params.trainable,
+            "flops": count_flops(self.net, self.input_size),
+        }
+        return self.size
+
+    def on_fit_start(self) -> None:
+        size = self.measure_size()
         rank_zero_info(
-            f"{type(self.net).__name__}: {params.with_bn_stats / 1e6:.2f}M parameters (with BN statistics; "
-            f"{params.trainable / 1e6:.2f}M trainable), {flops / 1e9:.2f}G FLOPs at {self.input_size}"
+            f"{type(self.net).__name__}: {size['params'] / 1e6:.2f}M parameters (with BN statistics; "
+            f"{size['params_trainable'] / 1e6:.2f}M trainable), {size['flops'] / 1e9:.2f}G FLOPs at {self.input_size}"
         )
         for logger in self.loggers:
-            logger.log_metrics({f"model/{key}": value for key, value in self.size.items()}, step=0)
+            logger.log_metrics({f"model/{key}": value for key, value in size.items()}, step=0)
 
     def batches_done(self) -> int:
         """Training batches done so far: one optimiser step each here."""

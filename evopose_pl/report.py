@@ -2,6 +2,7 @@
 sweep directory, and the same in a Weights & Biases search run.
 
     python -m evopose_pl.report outputs/evolve/<search_name>     # rebuild, finished or not
+    python -m evopose_pl.report compare <search> <search> ...    # searches side by side (``comparison``)
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import netrc
 import os
 import re
 import statistics
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,12 @@ COLUMNS = (
     "flops",
     "val_loss",
     "fitness",
+    "accuracy",
+    "accuracy_metric",
     "inherited",
     "is_parent",
     "wall_time",
+    "devices",
     "checkpoint",
     "error",
 )
@@ -89,13 +94,13 @@ def _completed(state: SearchState) -> list[Individual]:
 
 
 def write_csv(state: SearchState, path: Path) -> Path:
-    tmp = _temporary(path)
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows(state))
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows(state))
+
+    return save_atomic(write, path)
 
 
 def plot_pareto(state: SearchState, path: Path) -> Path:
@@ -193,20 +198,20 @@ def write_report(sweep_dir: str | os.PathLike, state: SearchState | None = None)
     state = state or load_state(sweep_dir)
     return [
         write_csv(state, sweep_dir / CSV_FILE),
-        _atomic_plot(plot_pareto, state, sweep_dir / PARETO_FILE),
-        _atomic_plot(plot_fitness, state, sweep_dir / FITNESS_FILE),
+        save_atomic(lambda tmp: plot_pareto(state, tmp), sweep_dir / PARETO_FILE),
+        save_atomic(lambda tmp: plot_fitness(state, tmp), sweep_dir / FITNESS_FILE),
     ]
 
 
-def _temporary(path: Path) -> Path:
-    """A sibling name for writing then renaming; keeps the suffix (matplotlib reads the format from it)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
-
-
-def _atomic_plot(plot, state: SearchState, path: Path) -> Path:
-    tmp = _temporary(path)
-    plot(state, tmp)
-    os.replace(tmp, path)
+def save_atomic(write: Callable[[Path], Any], path: Path) -> Path:
+    """``write(tmp)`` to a sibling of ``path``, then rename it into place: a reader never sees half a table or
+    plot. The sibling keeps the suffix, which matplotlib reads the format from."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -260,6 +265,8 @@ class SearchRun:
                     "individual/flops": ind.flops,
                 }
             )
+            if ind.accuracy is not None:
+                metrics["individual/accuracy"] = ind.accuracy
         self.run.log(metrics)
 
     def log_generation(self, state: SearchState, summary: dict[str, Any]) -> None:
@@ -301,8 +308,15 @@ def _wandb_value(value: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from evopose_pl import comparison  # it builds on this module
+
+        return comparison.main(argv[1:])
     parser = argparse.ArgumentParser(
-        prog="python -m evopose_pl.report", description="Rebuild a search's table and plots from its state.json."
+        prog="python -m evopose_pl.report",
+        description="Rebuild a search's table and plots from its state.json"
+        " (python -m evopose_pl.report compare ...: put searches side by side).",
     )
     parser.add_argument("sweep_dir", type=Path, help="the search's sweep directory (it holds state.json)")
     args = parser.parse_args(argv)

@@ -96,6 +96,21 @@ def test_the_driver_computes_the_fitness_from_what_the_child_measured(tmp_path):
         assert load_state(tmp_path / str(gamma)).individuals[0].fitness == ind.fitness
 
 
+def test_a_tested_childs_accuracy_and_devices_are_recorded_beside_a_fitness_they_do_not_change(tmp_path):
+    evolution = Evolution(tmp_path, _settings())
+    evolution.resume_or_plan()
+    tested = {**_result(evolution.individual(0), 3.0, 5_000_000), "devices": 2, "accuracy": 0.61,
+              "accuracy_metric": "COCO keypoints AP", "test_metrics": {"AP": 0.61, "AR": 0.66}}  # fmt: skip
+    ind = evolution.record(0, tested)
+    assert ind.status == COMPLETED and ind.fitness == pytest.approx(3.0)
+    saved = load_state(tmp_path).individuals[0]
+    assert (saved.accuracy, saved.accuracy_metric, saved.devices) == (0.61, "COCO keypoints AP", 2)
+    untested = Evolution(tmp_path / "untested", _settings())
+    untested.resume_or_plan()
+    ind = untested.record(0, _result(untested.individual(0), 3.0))
+    assert ind.accuracy is None and ind.accuracy_metric is None and ind.devices is None
+
+
 def test_a_fitness_in_an_older_childs_result_is_accepted_and_replaced_by_the_drivers(tmp_path):
     evolution = Evolution(tmp_path, _settings())
     evolution.resume_or_plan()
@@ -347,6 +362,9 @@ def _bad_results(ind) -> dict[str, bytes]:
         "boolean-flops": json.dumps({**good, "flops": True}).encode(),
         "missing-field": json.dumps({k: v for k, v in good.items() if k != "wall_time"}).encode(),
         "bad-transfer": json.dumps({**good, "transfer": {"transfer/copied": "all"}}).encode(),
+        "zero-devices": json.dumps({**good, "devices": 0}).encode(),
+        "unnamed-accuracy": json.dumps({**good, "accuracy": 0.5}).encode(),
+        "nan-accuracy": json.dumps({**good, "accuracy": float("nan"), "accuracy_metric": "COCO keypoints AP"}).encode(),
     }
 
 

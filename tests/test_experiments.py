@@ -39,8 +39,11 @@ PNFS = {  # tested in test_pnfs.py
 }  # fmt: skip
 
 
+COMPARISON = {"compare_evolution", "compare_pnfs"}  # run in test_comparison.py
+
+
 def test_every_experiment_is_accounted_for(conf_dir):
-    every = set(PAPER) | SEARCHES | EFFICIENTPOSE | PNFS | {"coco_sample"}
+    every = set(PAPER) | SEARCHES | EFFICIENTPOSE | PNFS | COMPARISON | {"coco_sample"}
     assert {p.stem for p in (conf_dir / "experiment").glob("*.yaml")} == every
 
 

@@ -190,3 +190,20 @@ def test_train_py_runs_darts_end_to_end(root, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Derived architecture" in run.stdout and "upper_limbs: edges " in run.stdout
     assert "PCKh@0.5" in run.stdout and (tmp_path / "run" / "derived_architecture.json").is_file()
+
+
+def test_darts_resumes_from_its_last_checkpoint(compose, tmp_path, train_py, caplog):
+    """A stopped DARTS search goes on from ``last.ckpt``: both optimisers' states come back and the step count
+    (architecture and weight steps) carries on."""
+    train_py.run(compose("train", *tiny(tmp_path, "search=darts")))
+    last = tmp_path / "output" / "checkpoints" / "last.ckpt"
+    first = load_checkpoint(last)
+    assert len(first["optimizer_states"]) == 2 and first["global_step"] == 2  # 1 batch: architecture + weight step
+    with caplog.at_level("INFO"):
+        train_py.run(compose("train", *tiny(tmp_path, "search=darts", "trainer.max_epochs=2", f"ckpt_path={last}")))
+    assert f"Restoring states from the checkpoint path at {last}" in caplog.text
+    resumed = load_checkpoint(last)
+    assert resumed["global_step"] == 4  # one more epoch, not two
+    assert [len(state["state"]) > 0 for state in resumed["optimizer_states"]] == [True, True]
+    architecture = alphas(resumed["state_dict"])
+    assert any(not torch.equal(architecture[k], v) for k, v in alphas(first["state_dict"]).items())

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 # What a child reports: the measured fields of its Individual (and, optionally, its timing). A "fitness"
 # in a record (children of earlier versions computed their own) is ignored: the driver's counts.
 RESULT_FIELDS = ("params", "params_trainable", "flops", "val_loss", "checkpoint", "wall_time", "transfer")
-OPTIONAL_RESULT_FIELDS = ("timing",)
+# Recorded when present: timing; the devices the child trained on (its device time is wall_time x devices);
+# with test=true, its headline test figure and that figure's name.
+OPTIONAL_RESULT_FIELDS = ("timing", "devices", "accuracy", "accuracy_metric")
 
 
 def result_problem(result: Any, ind: Individual) -> str | None:
@@ -45,6 +47,12 @@ def result_problem(result: Any, ind: Individual) -> str | None:
             return f"{key}={result[key]!r} is not a finite number"
     if result["checkpoint"] is not None and not isinstance(result["checkpoint"], str):
         return f"checkpoint={result['checkpoint']!r} is not a path"
+    if "devices" in result and not (is_int(result["devices"]) and result["devices"] >= 1):
+        return f"devices={result['devices']!r} is not a number of devices"
+    if ("accuracy" in result) != ("accuracy_metric" in result):
+        return "it holds one of accuracy and accuracy_metric without the other"
+    if "accuracy" in result and not (is_number(result["accuracy"]) and isinstance(result["accuracy_metric"], str)):
+        return f"accuracy={result['accuracy']!r} ({result['accuracy_metric']!r}) is not a finite number with its name"
     for key in ("transfer", "timing"):
         value = result.get(key)
         if value is not None and not (

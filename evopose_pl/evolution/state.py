@@ -53,6 +53,9 @@ class Individual:
     wall_time: float | None = None
     transfer: dict[str, float] | None = None  # the weight-transfer report; None: trained from scratch
     timing: dict[str, float] | None = None  # seconds in training and validation, and the child's clock times
+    devices: int | None = None  # what it trained on: its device time is wall_time x devices (None: one)
+    accuracy: float | None = None  # with test=true, its headline test figure (COCO AP, PCKh@0.5 Mean) ...
+    accuracy_metric: str | None = None  # ... and that figure's name
     error: str | None = None
 
     @property
@@ -165,6 +168,9 @@ class SearchState:
                     need(is_number(value), f"{where}.{key}", f"{value!r}: a completed individual needs a number")
                 need(is_int(ind.params) and ind.params > 0, f"{where}.params",
                      f"{ind.params!r}: a completed individual needs its parameter count")  # fmt: skip
+            need(ind.accuracy is None or is_number(ind.accuracy), f"{where}.accuracy", f"{ind.accuracy!r} is no number")
+            need(ind.devices is None or (is_int(ind.devices) and ind.devices >= 1), f"{where}.devices",
+                 f"{ind.devices!r} is not a number of devices")  # fmt: skip
             by_id[ind.id] = ind
         planned = {ind.generation for ind in self.individuals}
         need(planned == set(range(self.generation + 1)), "individuals",

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 # The job settings a child's fitness depends on besides the search's knobs: a resume must use the
 # same (``Settings.training``). This is the one place that says which parts of a child's config do;
 # a group listed counts with every key in it, new keys included. Left out are settings that change
-# only speed (channels_last, loader workers) or where files live, and testing, which children never
-# run (flip_test, the data's metric, the box and keypoint thresholds).
+# only speed (channels_last, loader workers) or where files live, and testing (test, flip_test): a
+# child tested after training (test=true) records an accuracy beside its fitness, which it leaves alone.
 TRAINING_SETTINGS = (
     "data",
     "model",
@@ -70,7 +70,7 @@ NOT_TRAINING_SETTINGS = (
     "data.val_batch_size",  # the validation loss is a per-sample mean whatever the batch
     "data.crop_cache",
     "data.cache_dir",
-    "data.metric",  # testing: children validate on their loss and never test
+    "data.metric",  # testing (test=true): it changes no fitness
     "data.box_threshold",
     "codec.keypoint_threshold",
     "model.genotype",  # each child's own
@@ -289,8 +289,9 @@ class EvolutionSweeper(Sweeper):
             log.warning(f"{where}: FAILED after {elapsed:.0f} s: {ind.error}")
             return
         inherited = f", {100 * ind.transfer['transfer/inherited_fraction']:.0f}% inherited" if ind.transfer else ""
+        tested = f", {ind.accuracy_metric} {ind.accuracy:.4g}" if ind.accuracy is not None else ""
         log.info(
-            f"{where}: validation loss {ind.val_loss:.4g}, {ind.params / 1e6:.2f}M parameters,"
+            f"{where}: validation loss {ind.val_loss:.4g}{tested}, {ind.params / 1e6:.2f}M parameters,"
             f" {ind.flops / 1e9:.3f}G FLOPs, fitness {ind.fitness:.4g}{inherited}, {ind.wall_time:.0f} s"
         )
 
