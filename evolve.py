@@ -12,6 +12,7 @@ each child's fitness from that record, with the search's settings.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -31,9 +32,11 @@ from omegaconf import DictConfig  # noqa: E402
 from callbacks import StageTimer, WeightTransfer  # noqa: E402
 from evopose_pl.evolution import RESULT_FILE  # noqa: E402
 from evopose_pl.files import write_json_atomic  # noqa: E402
+from evopose_pl.latency import Latency, LatencyCache, LatencySettings  # noqa: E402
 from session import Session, build  # noqa: E402
 
 CHILD_DIR_ENV = "EVOPOSE_CHILD_DIR"
+log = logging.getLogger(__name__)
 
 
 def ddp_rank_argv(argv: list[str]) -> list[str]:
@@ -76,7 +79,9 @@ def train_individual(cfg: DictConfig) -> dict:
         if cfg.test:  # the data's metric on the best weights: an accuracy per individual (report compare)
             session.test(session.best_checkpoint, verbose=False)  # the sweeper logs the figure
             clock["test_ended"] = time.time()
-        return _measure(cfg, session, clock)
+        latency = _latency(cfg, session)
+        clock["latency_ended"] = time.time()
+        return _measure(cfg, session, clock, latency)
     finally:
         # A multi-device fit leaves its process group and rank variables behind; the next child in
         # this process (the basic launcher) must start its own, and its own W&B run.
@@ -90,10 +95,28 @@ def train_individual(cfg: DictConfig) -> dict:
                     logger.experiment.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
 
 
-def _measure(cfg: DictConfig, session: Session, clock: dict[str, float]) -> dict:
+def needs_latency(cfg: DictConfig) -> bool:
+    """Whether the child measures its latency: ``latency.measure``, or when null, whether the search's fitness
+    or objectives use it."""
+    measure = cfg.latency.measure
+    return cfg.fitness == "latency" or "latency" in cfg.objectives if measure is None else bool(measure)
+
+
+def _latency(cfg: DictConfig, session: Session) -> Latency | None:
+    """The trained network's latency (``latency.*``), from the cache when this architecture was measured on this
+    machine before; rank 0 measures, on the device the settings name."""
+    if not needs_latency(cfg) or not session.trainer.is_global_zero:
+        return None
+    knobs = {k: v for k, v in cfg.latency.items() if k not in ("measure", "cache_dir")}
+    latency, cached = LatencyCache(cfg.latency.cache_dir).measure(session.module, LatencySettings(**knobs))
+    log.info(f"latency {latency.ms:.3g} ms, {latency.throughput:.4g} images/s ({latency.device}{', cached' * cached})")
+    return latency
+
+
+def _measure(cfg: DictConfig, session: Session, clock: dict[str, float], latency: Latency | None) -> dict:
     """The child's record of what it measured (``Session.measurements``: size, best validation loss, checkpoint,
-    wall time, devices, and the test figures when ``test=true``) with its weight transfer and timing; logged,
-    and saved by rank 0. The fitness is the driver's, computed from this record."""
+    wall time, devices, and the test figures when ``test=true``) with its latency when measured, weight
+    transfer and timing; logged, and saved by rank 0. The fitness is the driver's, computed from this record."""
     val_loss = session.module.best_val_loss
     if not math.isfinite(val_loss):
         raise FloatingPointError(f"best validation loss is {val_loss}")
@@ -109,10 +132,15 @@ def _measure(cfg: DictConfig, session: Session, clock: dict[str, float]) -> dict
         "transfer": transfer.summary() if transfer is not None else None,
         "timing": clock,
     }
+    if latency is not None:
+        record.update(latency=latency.ms, throughput=latency.throughput, latency_device=latency.device)
     if session.trainer.is_global_zero:
+        measured = {"val/loss_best": val_loss}
+        if latency is not None:
+            measured.update({"latency/ms": latency.ms, "latency/throughput": latency.throughput})
         for logger in session.loggers:
             logger.log_hyperparams({"individual": {k: record[k] for k in ("params", "params_trainable", "flops")}})
-            logger.log_metrics({"val/loss_best": val_loss}, step=session.trainer.global_step)
+            logger.log_metrics(measured, step=session.trainer.global_step)
         write_json_atomic(Path(cfg.paths.output_dir) / RESULT_FILE, record)
     return record
 

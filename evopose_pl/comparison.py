@@ -1,33 +1,53 @@
-"""Searches side by side, whatever their method: each search's trained networks (accuracy, parameters, FLOPs)
-and what the search cost (device-hours), in one table (``comparison.csv``, also printed) and one Pareto plot
-(``comparison.png``).
+"""Searches side by side, whatever their method: each search's trained networks (accuracy, parameters, FLOPs),
+what the search cost (device-hours), and for evolutions their progress (best fitness and the hypervolume of
+their front against networks trained and device-hours), in one table (``comparison.csv``, also printed), one
+Pareto plot (``comparison.png``) and one progress plot (``comparison_progress.png``).
 
     python -m evopose_pl.report compare outputs/compare/evolution outputs/compare/pnfs_sync
+    python -m evopose_pl.report compare outputs/evolve/plus outputs/evolve/aging outputs/evolve/random
     python -m evopose_pl.report compare evo=outputs/evolve/e3 darts=<search run> darts=<derived network's run>
 
 A search is an evolution's sweep directory (its ``state.json``; each individual's accuracy is recorded when
 the search ran with ``test=true``) or one or more ``train.py`` run directories (each run's ``result.json``)
 given the same label, such as a DARTS search and the retraining of its derived network: their costs add up.
+Hypervolumes are recomputed against one reference point for all the evolutions compared (the largest of
+their own), so that they compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evopose_pl.evolution import COMPLETED, RESULT_FILE, STATE_FILE, load_state
+from evopose_pl.evolution import COMPLETED, PENDING, RESULT_FILE, STATE_FILE, SearchState, load_state
+from evopose_pl.evolution.objective import objective_values
+from evopose_pl.evolution.pareto import hypervolume, pareto_front
 from evopose_pl.evolution.settings import is_int, is_number
 from evopose_pl.files import read_json
-from evopose_pl.report import pareto_front, save_atomic
+from evopose_pl.report import device_hours, objectives, save_atomic
 
 CSV_FILE = "comparison.csv"
 PLOT_FILE = "comparison.png"
-COLUMNS = ("search", "method", "network", "accuracy", "params", "flops", "networks", "device_hours", "on_front")
+PROGRESS_FILE = "comparison_progress.png"
+COLUMNS = (
+    "search",
+    "method",
+    "network",
+    "accuracy",
+    "params",
+    "flops",
+    "networks",
+    "device_hours",
+    "best_fitness",
+    "hypervolume",
+    "on_front",
+)
 COST_AXES = {"params": "parameters (millions)", "flops": "GFLOPs (multiply-accumulates: the papers' FLOPs)"}
 
 
@@ -37,25 +57,47 @@ class ComparisonError(ValueError):
 
 @dataclass(frozen=True)
 class Network:
-    """One trained network as the comparison places it (accuracy: the data's headline test figure)."""
+    """One trained network as the comparison places it (accuracy: the data's headline test figure, None when
+    it was not tested)."""
 
     name: str
-    accuracy: float
+    accuracy: float | None
     params: int
     flops: int
 
 
+@dataclass(frozen=True)
+class Progress:
+    """An evolution after one generation: networks trained (failures included), device-hours, the best fitness
+    so far, and the objectives of every network completed so far (for the hypervolume)."""
+
+    generation: int
+    networks: int
+    device_hours: float
+    best_fitness: float
+    points: tuple[tuple[float, ...], ...]
+
+
 @dataclass
 class Search:
-    """A search's networks, the one it answers with (``chosen``), and its cost."""
+    """A search's networks, the one it answers with (``chosen``), its cost, and for an evolution its fitness,
+    objectives, hypervolume reference and progress."""
 
     label: str
     method: str
-    accuracy_metric: str
+    accuracy_metric: str | None
     networks: list[Network]
     chosen: Network
     device_hours: float
     sources: list[str] = field(default_factory=list)
+    best_fitness: float | None = None
+    objectives: tuple[str, ...] = ()
+    reference: tuple[float, ...] | None = None
+    progress: list[Progress] = field(default_factory=list)
+
+    @property
+    def tested(self) -> list[Network]:
+        return [n for n in self.networks if n.accuracy is not None]
 
 
 def read_search(path: str | os.PathLike, label: str) -> Search:
@@ -75,37 +117,71 @@ def read_search(path: str | os.PathLike, label: str) -> Search:
 
 
 def _evolution(directory: Path, label: str) -> Search:
-    """An evolution: every tested individual, the fittest as its answer, the device time of every child."""
+    """An evolution: every completed individual (with its accuracy when tested), the fittest as its answer, the
+    device time of every child, and its progress generation by generation."""
     state = load_state(directory)
     done = [ind for ind in state.individuals if ind.status == COMPLETED]
     if not done:
         raise ComparisonError(f"{directory}: the search has no trained network yet")
-    fittest = min(done, key=lambda ind: ind.rank_key)
-    if fittest.accuracy is None:
-        raise ComparisonError(
-            f"{directory}: its networks were not tested (individual {fittest.id}, the fittest, has no accuracy);"
-            " run the search with test=true to record each network's accuracy"
-        )
-    tested = [ind for ind in done if ind.accuracy is not None]
-    metrics = {ind.accuracy_metric for ind in tested}
+    metrics = {ind.accuracy_metric for ind in done if ind.accuracy is not None}
     if len(metrics) > 1:
         raise ComparisonError(f"{directory}: its networks were tested with different metrics {sorted(metrics)}")
-    networks = {ind.id: Network(f"individual {ind.id}", ind.accuracy, ind.params, ind.flops) for ind in tested}
+    networks = {ind.id: Network(f"individual {ind.id}", ind.accuracy, ind.params, ind.flops) for ind in done}
+    fittest = min(done, key=lambda ind: ind.rank_key)
     settings = state.settings
-    untested = f", {len(done) - len(tested)} untested left out" if len(tested) < len(done) else ""
-    seconds = sum(ind.wall_time * (ind.devices or 1) for ind in state.individuals if ind.wall_time is not None)
+    names = tuple(objectives(state))
+    strategy = settings.get("strategy", "mu_plus_lambda")
+    shape = (
+        f"mu {settings.get('parents')}, lambda {settings.get('population')}"
+        if strategy == "mu_plus_lambda"
+        else f"{'population ' + str(settings.get('population')) + ', ' if strategy == 'regularized' else ''}"
+        f"batch {settings.get('batch')}"
+    )
+    untested = sum(ind.accuracy is None for ind in done)
     return Search(
         label=label,
         method=(
-            f"EvoPose2D evolution (mu {settings.get('parents')}, lambda {settings.get('population')},"
-            f" {len(state.history)} generations selected{untested})"
+            f"evolution: {strategy}, selection {settings.get('selection', 'fitness')} ({shape},"
+            f" {len(state.history)} generations){f', {untested} untested' if metrics and untested else ''}"
         ),
-        accuracy_metric=metrics.pop(),
+        accuracy_metric=metrics.pop() if metrics else None,
         networks=list(networks.values()),
         chosen=networks[fittest.id],
-        device_hours=seconds / 3600,
+        device_hours=device_hours(state.individuals),
         sources=[str(directory)],
+        best_fitness=fittest.fitness,
+        objectives=names,
+        reference=_reference(state, names),
+        progress=_progress(state, names),
     )
+
+
+def _reference(state: SearchState, names: Sequence[str]) -> tuple[float, ...] | None:
+    """The search's hypervolume reference: its configured one, or twice its ancestor's objectives."""
+    configured = state.settings.get("reference")
+    if configured:
+        return tuple(float(configured[n]) for n in names)
+    ancestor = state.individuals[0]
+    if ancestor.status != COMPLETED or any(getattr(ancestor, n) is None for n in names):
+        return None
+    return tuple(2 * v for v in objective_values(ancestor, names))
+
+
+def _progress(state: SearchState, names: Sequence[str]) -> list[Progress]:
+    progress = []
+    for summary in state.history:
+        upto = [ind for ind in state.individuals if ind.generation <= summary["generation"]]
+        done = [ind for ind in upto if ind.status == COMPLETED and all(getattr(ind, n) is not None for n in names)]
+        progress.append(
+            Progress(
+                generation=summary["generation"],
+                networks=sum(ind.status != PENDING for ind in upto),
+                device_hours=device_hours(upto),
+                best_fitness=min(ind.fitness for ind in done) if done else math.inf,
+                points=tuple(objective_values(ind, names) for ind in done),
+            )
+        )
+    return progress
 
 
 def _training_run(directory: Path, label: str) -> Search:
@@ -164,9 +240,9 @@ def merge(searches: Sequence[Search]) -> Search:
 
 
 def _same_metric(searches: Sequence[Search]) -> None:
-    metrics = {s.accuracy_metric for s in searches}
+    metrics = {s.accuracy_metric for s in searches if s.accuracy_metric is not None}
     if len(metrics) > 1:
-        measured = "; ".join(f"{', '.join(s.sources)}: {s.accuracy_metric}" for s in searches)
+        measured = "; ".join(f"{', '.join(s.sources)}: {s.accuracy_metric}" for s in searches if s.accuracy_metric)
         raise ComparisonError(
             f"the searches were tested with different metrics ({measured}): compare searches run on the same data"
         )
@@ -199,11 +275,26 @@ def read_searches(arguments: Sequence[str]) -> list[Search]:
     return searches
 
 
+def common_reference(searches: Sequence[Search]) -> tuple[float, ...] | None:
+    """One reference point for every evolution's hypervolume: the largest of their own, objective by objective
+    (None when they have different objectives, or one has no reference)."""
+    evolutions = [s for s in searches if s.progress]
+    if not evolutions or len({s.objectives for s in evolutions}) > 1 or any(s.reference is None for s in evolutions):
+        return None
+    return tuple(max(values) for values in zip(*(s.reference for s in evolutions)))
+
+
+def scaled_hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """The share of the box between the origin and ``reference`` that ``points`` dominate (as selection logs it)."""
+    return hypervolume([tuple(v / r for v, r in zip(p, reference)) for p in points], (1.0,) * len(reference))
+
+
 def rows(searches: Sequence[Search]) -> list[dict[str, Any]]:
     """One row per search: its answer, the size of what it trained, its cost, and whether its answer lies on the
     front of all the networks compared (no other network is as accurate with fewer parameters)."""
-    everything = [n for s in searches for n in s.networks]
+    everything = [n for s in searches for n in s.tested]
     front = {id(everything[i]) for i in pareto_front([(n.params, -n.accuracy) for n in everything])}
+    reference = common_reference(searches)
     return [
         {
             "search": s.label,
@@ -212,9 +303,11 @@ def rows(searches: Sequence[Search]) -> list[dict[str, Any]]:
             "accuracy": s.chosen.accuracy,
             "params": s.chosen.params,
             "flops": s.chosen.flops,
-            "networks": len(s.networks),
+            "networks": s.progress[-1].networks if s.progress else len(s.networks),
             "device_hours": s.device_hours,
-            "on_front": id(s.chosen) in front,
+            "best_fitness": s.best_fitness,
+            "hypervolume": scaled_hypervolume(s.progress[-1].points, reference) if s.progress and reference else None,
+            "on_front": id(s.chosen) in front if s.chosen.accuracy is not None else None,
         }
         for s in searches
     ]
@@ -233,7 +326,8 @@ def write_csv(searches: Sequence[Search], path: Path) -> Path:
 
 
 def _heading(column: str, searches: Sequence[Search]) -> str:
-    return f"accuracy ({searches[0].accuracy_metric})" if column == "accuracy" else column
+    metric = next((s.accuracy_metric for s in searches if s.accuracy_metric), None)
+    return f"accuracy ({metric})" if column == "accuracy" and metric else column
 
 
 def plot(searches: Sequence[Search], path: Path) -> Path:
@@ -244,12 +338,13 @@ def plot(searches: Sequence[Search], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    everything = [n for s in searches for n in s.networks]
+    searches = [s for s in searches if s.chosen.accuracy is not None]
+    everything = [n for s in searches for n in s.tested]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), dpi=120, sharey=True)
     for ax, cost in zip(axes, ("params", "flops")):
         for k, s in enumerate(searches):
             label = f"{s.label}: {len(s.networks)} trained, {s.device_hours:.3g} device-h"
-            ax.scatter([_cost(n, cost) for n in s.networks], [n.accuracy for n in s.networks], s=18, alpha=0.45,
+            ax.scatter([_cost(n, cost) for n in s.tested], [n.accuracy for n in s.tested], s=18, alpha=0.45,
                        color=f"C{k}")  # fmt: skip
             ax.scatter(_cost(s.chosen, cost), s.chosen.accuracy, marker="*", s=220, color=f"C{k}", edgecolor="black",
                        lw=0.8, zorder=3, label=label)  # fmt: skip
@@ -272,11 +367,52 @@ def _cost(network: Network, cost: str) -> float:
     return network.params / 1e6 if cost == "params" else network.flops / 1e9
 
 
+def plot_progress(searches: Sequence[Search], path: Path) -> Path:
+    """Each evolution's best fitness and hypervolume (one reference for all) after each generation, against the
+    networks it had trained and the device-hours it had spent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = common_reference(searches)
+    rows_ = 2 if reference else 1
+    fig, axes = plt.subplots(rows_, 2, figsize=(11, 4 * rows_), dpi=120, squeeze=False)
+    for k, s in enumerate(searches):
+        if not s.progress:
+            continue
+        for column, spent in enumerate(("networks", "device_hours")):
+            x = [getattr(p, spent) for p in s.progress]
+            axes[0][column].plot(x, [p.best_fitness for p in s.progress], "o-", ms=3, color=f"C{k}", label=s.label)
+            if reference:
+                volumes = [scaled_hypervolume(p.points, reference) for p in s.progress]
+                axes[1][column].plot(x, volumes, "o-", ms=3, color=f"C{k}", label=s.label)
+    for row, figure in enumerate(("best fitness so far (lower is better)", "hypervolume of the front")[:rows_]):
+        for column, spent in enumerate(("networks trained", "device-hours")):
+            axes[row][column].set_xlabel(spent)
+            axes[row][column].set_ylabel(figure)
+            axes[row][column].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if reference:
+        objectives_ = next(s.objectives for s in searches if s.progress)
+        axes[1][0].set_title(f"over {', '.join(objectives_)}; reference {[f'{r:.4g}' for r in reference]}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_comparison(searches: Sequence[Search], out: str | os.PathLike) -> list[Path]:
-    """Write the table and the plot into ``out``; returns their paths."""
+    """Write the table, the Pareto plot (when networks were tested) and the progress plot (when evolutions are
+    compared) into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    return [write_csv(searches, out / CSV_FILE), save_atomic(lambda tmp: plot(searches, tmp), out / PLOT_FILE)]
+    written = [write_csv(searches, out / CSV_FILE)]
+    if any(s.chosen.accuracy is not None for s in searches):
+        written.append(save_atomic(lambda tmp: plot(searches, tmp), out / PLOT_FILE))
+    if any(s.progress for s in searches):
+        written.append(save_atomic(lambda tmp: plot_progress(searches, tmp), out / PROGRESS_FILE))
+    return written
 
 
 def print_table(searches: Sequence[Search]) -> None:
@@ -287,17 +423,23 @@ def print_table(searches: Sequence[Search]) -> None:
     for column in COLUMNS:
         justify = "left" if column in ("search", "method", "network") else "right"
         table.add_column(_heading(column, searches), justify=justify)
+
+    def figure(value: float | None) -> str:
+        return "" if value is None else f"{value:.4g}"
+
     for row in rows(searches):
         table.add_row(
             row["search"],
             row["method"],
             row["network"],
-            f"{row['accuracy']:.4g}",
+            figure(row["accuracy"]),
             f"{row['params'] / 1e6:.2f}M",
             f"{row['flops'] / 1e9:.3g}G",
             str(row["networks"]),
             f"{row['device_hours']:.3g}",
-            "yes" if row["on_front"] else "no",
+            figure(row["best_fitness"]),
+            figure(row["hypervolume"]),
+            {True: "yes", False: "no", None: ""}[row["on_front"]],
         )
     Console(width=160).print(table)
 
@@ -305,16 +447,17 @@ def print_table(searches: Sequence[Search]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m evopose_pl.report compare",
-        description="Put searches side by side: one table and one Pareto plot of accuracy against size and cost.",
+        description="Put searches side by side: one table, a Pareto plot of accuracy against size and cost, and"
+        " the evolutions' progress.",
     )
     parser.add_argument(
         "searches",
         nargs="+",
         metavar="[LABEL=]PATH",
-        help="an evolution's sweep directory (run with test=true) or a train.py run directory; runs given the same"
-        " label are one search (their costs add up)",
+        help="an evolution's sweep directory (test=true records its networks' accuracy) or a train.py run"
+        " directory; runs given the same label are one search (their costs add up)",
     )
-    parser.add_argument("--out", type=Path, default=Path("."), help="where to write comparison.csv and comparison.png")
+    parser.add_argument("--out", type=Path, default=Path("."), help="where to write the table and the plots")
     args = parser.parse_args(argv)
     try:
         searches = read_searches(args.searches)

@@ -19,11 +19,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evopose_pl.evolution import COMPLETED, Individual, SearchState, load_state
+from evopose_pl.evolution import COMPLETED, PENDING, Individual, SearchState, load_state
+from evopose_pl.evolution.objective import objective_values
+from evopose_pl.evolution.pareto import front_ranks, pareto_front
+from evopose_pl.evolution.settings import Settings
 
 CSV_FILE = "individuals.csv"
 PARETO_FILE = "pareto.png"
 FITNESS_FILE = "fitness.png"
+DEFAULT_OBJECTIVES = Settings.objectives
 COLUMNS = (
     "id",
     "generation",
@@ -34,7 +38,10 @@ COLUMNS = (
     "params_trainable",
     "flops",
     "val_loss",
+    "latency",
+    "throughput",
     "fitness",
+    "front_rank",
     "accuracy",
     "accuracy_metric",
     "inherited",
@@ -59,25 +66,16 @@ def wandb_key_configured() -> bool:
 def rows(state: SearchState) -> list[dict[str, Any]]:
     """One row per individual, in the CSV's columns."""
     parents = set(state.parents)
+    ranks = front_rank(state)
     return [
         {
             **{k: getattr(ind, k) for k in COLUMNS if hasattr(ind, k)},
             "inherited": ind.transfer.get("transfer/inherited_fraction") if ind.transfer else None,
             "is_parent": ind.id in parents,
+            "front_rank": ranks.get(ind.id),
         }
         for ind in state.individuals
     ]
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats in both coordinates (lower is better), by x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best = [], math.inf
-    for i in order:
-        if points[i][1] < best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def generation_bests(state: SearchState) -> list[Individual]:
@@ -87,6 +85,11 @@ def generation_bests(state: SearchState) -> list[Individual]:
         if ind.generation not in best or ind.rank_key < best[ind.generation].rank_key:
             best[ind.generation] = ind
     return [best[g] for g in sorted(best)]
+
+
+def device_hours(individuals: Sequence[Individual]) -> float:
+    """What training ``individuals`` cost: the sum of their wall times times the devices each ran on."""
+    return sum(ind.wall_time * (ind.devices or 1) for ind in individuals if ind.wall_time is not None) / 3600
 
 
 def _completed(state: SearchState) -> list[Individual]:
@@ -103,35 +106,65 @@ def write_csv(state: SearchState, path: Path) -> Path:
     return save_atomic(write, path)
 
 
+#: How each objective is drawn: its axis label and the unit it is divided by.
+OBJECTIVE_AXES = {
+    "val_loss": ("best validation loss", 1.0),
+    "params": ("parameters (millions, with BN statistics)", 1e6),
+    "flops": ("GFLOPs", 1e9),
+    "latency": ("latency (ms per image, batch 1)", 1.0),
+}
+
+
+def objectives(state: SearchState) -> list[str]:
+    """The search's objectives (its settings'; searches from before they existed: the paper's pair)."""
+    return list(state.settings.get("objectives") or DEFAULT_OBJECTIVES)
+
+
+def _measured(state: SearchState, names: Sequence[str]) -> list[Individual]:
+    """The completed individuals that have every one of ``names`` measured."""
+    return [ind for ind in _completed(state) if all(getattr(ind, n) is not None for n in names)]
+
+
+def front_rank(state: SearchState) -> dict[int, int]:
+    """Each completed individual's non-dominated front over the search's objectives (0: on the front)."""
+    names = objectives(state)
+    done = _measured(state, names)
+    ranks = front_ranks([objective_values(ind, names) for ind in done])
+    return {ind.id: rank for ind, rank in zip(done, ranks)}
+
+
 def plot_pareto(state: SearchState, path: Path) -> Path:
-    """Validation loss against parameters for every trained network (the paper's Pareto figure)."""
+    """The first objective against the second (validation loss against parameters: the paper's Pareto figure)
+    for every trained network, with the front of everything trained by the end of each generation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = _completed(state)
+    cost, error = objectives(state)[1], objectives(state)[0]
+    (x_label, x_unit), (y_label, y_unit) = OBJECTIVE_AXES[cost], OBJECTIVE_AXES[error]
+    done = _measured(state, (cost, error))
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     if done:
-        x = [ind.params / 1e6 for ind in done]
-        y = [ind.val_loss for ind in done]
+        generations = sorted({ind.generation for ind in done})
+        colours = plt.get_cmap("viridis")
+        shade = {g: colours(k / max(1, len(generations) - 1)) for k, g in enumerate(generations)}
+        x = [getattr(ind, cost) / x_unit for ind in done]
+        y = [getattr(ind, error) / y_unit for ind in done]
         points = ax.scatter(x, y, c=[ind.generation for ind in done], cmap="viridis", s=22, alpha=0.8, zorder=2)
         bar = fig.colorbar(points, ax=ax, label="generation")
-        bar.set_ticks(sorted({ind.generation for ind in done}))
-        front = pareto_front(list(zip(x, y)))
-        ax.step(
-            [x[i] for i in front],
-            [y[i] for i in front],
-            where="post",
-            color="tab:red",
-            lw=1.2,
-            label="Pareto front",
-            zorder=1,
-        )
-        bests = generation_bests(state)
+        bar.set_ticks(generations)
+        for g in generations:  # the front of everything trained by the end of generation g
+            upto = [i for i, ind in enumerate(done) if ind.generation <= g]
+            front = [upto[k] for k in pareto_front([(x[i], y[i]) for i in upto])]
+            last = g == generations[-1]
+            label = "front" if last else ("fronts of earlier generations" if g == generations[0] else None)
+            ax.step([x[i] for i in front], [y[i] for i in front], where="post", color="tab:red" if last else shade[g],
+                    lw=1.4 if last else 0.8, alpha=1 if last else 0.6, zorder=1, label=label)  # fmt: skip
+        bests = [b for b in generation_bests(state) if b in done]
         ax.scatter(
-            [b.params / 1e6 for b in bests],
-            [b.val_loss for b in bests],
+            [getattr(b, cost) / x_unit for b in bests],
+            [getattr(b, error) / y_unit for b in bests],
             marker="*",
             s=160,
             facecolor="none",
@@ -141,12 +174,11 @@ def plot_pareto(state: SearchState, path: Path) -> Path:
             zorder=3,
         )
         for b in bests:
-            ax.annotate(
-                f"g{b.generation}", (b.params / 1e6, b.val_loss), textcoords="offset points", xytext=(5, 4), fontsize=7
-            )
+            ax.annotate(f"g{b.generation}", (getattr(b, cost) / x_unit, getattr(b, error) / y_unit),
+                        textcoords="offset points", xytext=(5, 4), fontsize=7)  # fmt: skip
         ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("parameters (millions, with BN statistics)")
-    ax.set_ylabel("best validation loss")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     last = f", generations 0-{state.history[-1]['generation']}" if state.history else ""
     ax.set_title(f"{len(done)} networks trained{last}")
     ax.grid(alpha=0.3)
@@ -157,14 +189,25 @@ def plot_pareto(state: SearchState, path: Path) -> Path:
 
 
 def plot_fitness(state: SearchState, path: Path) -> Path:
-    """Every network's fitness by generation, with each generation's best and median and the best parent."""
+    """Every network's fitness by generation, with each generation's best and median and the best parent; below,
+    the hypervolume of the front over the objectives after each generation (the figure searches compare by)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = _completed(state)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    volumes = [(h["generation"], h["hypervolume"]) for h in state.history if h.get("hypervolume") is not None]
+    if volumes:
+        fig, (ax, lower) = plt.subplots(2, 1, figsize=(7, 6.5), dpi=120, sharex=True, height_ratios=(2, 1))
+        lower.plot(*zip(*volumes), "o-", color="tab:green")
+        lower.set_ylabel("hypervolume")
+        lower.set_title(f"front over {', '.join(objectives(state))}, scaled by the reference point", fontsize=8)
+        lower.grid(alpha=0.3)
+        lower.set_xlabel("generation")
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        ax.set_xlabel("generation")
     ax.scatter(
         [d.generation for d in done], [d.fitness for d in done], s=14, alpha=0.5, color="tab:gray", label="network"
     )
@@ -180,7 +223,6 @@ def plot_fitness(state: SearchState, path: Path) -> Path:
             lw=1,
             label="best so far",
         )
-    ax.set_xlabel("generation")
     ax.set_ylabel("fitness (lower is better)")
     ax.grid(alpha=0.3)
     if done:
@@ -265,8 +307,9 @@ class SearchRun:
                     "individual/flops": ind.flops,
                 }
             )
-            if ind.accuracy is not None:
-                metrics["individual/accuracy"] = ind.accuracy
+            for key in ("accuracy", "latency", "throughput"):
+                if getattr(ind, key) is not None:
+                    metrics[f"individual/{key}"] = getattr(ind, key)
         self.run.log(metrics)
 
     def log_generation(self, state: SearchState, summary: dict[str, Any]) -> None:
@@ -278,11 +321,17 @@ class SearchRun:
         done = wandb.Table(columns=["params", "val_loss", "fitness", "generation", "id"])
         for ind in _completed(state):
             done.add_data(ind.params, ind.val_loss, ind.fitness, ind.generation, ind.id)
+        figures = {
+            "search/best_fitness": summary["best_fitness"],
+            "search/median_fitness": summary["median_fitness"],
+            "search/hypervolume": summary.get("hypervolume"),
+        }
         self.run.log(
             {
                 "search/generation": summary["generation"],
-                "search/best_fitness": summary["best_fitness"],
-                "search/median_fitness": summary["median_fitness"],
+                "search/networks_trained": sum(ind.status != PENDING for ind in state.individuals),
+                "search/device_hours": device_hours(state.individuals),
+                **{k: v for k, v in figures.items() if v is not None},
                 "search/best_parent_fitness": min(summary["parent_fitness"]),
                 "search/failed": summary["failed"],
                 "search/individuals": table,

@@ -170,3 +170,23 @@ def test_model_speed_times_efficientpose_with_its_own_codec(root):
                  "--repeats", "1", "--warmup", "0", "--variants", "fp32")  # fmt: skip
     (row,) = _table(out, "efficientpose_rt")
     assert row[1] == "0.46M" and row[2:5] == ["64x64", "2", "fp32"] and float(row[5]) > 0 and float(row[7]) > 0
+
+
+def test_search_strategies_compares_searches_at_the_same_budget(root, tmp_path, test_genotype):
+    out = _bench(root, "bench/search_strategies.py", "--generations", "1", "--searches", "plus_nsga2", "random",
+                 "--out", str(tmp_path), "logger=none", f"ancestor={test_genotype}", "+model.head_channels=32",
+                 "epochs=1", "ancestor_epochs=1", "latency.repeats=2", "latency.warmup=0",
+                 "latency.throughput_batch=2", *TINY_DATA)  # fmt: skip
+    rows = _table(out)
+    assert [(r[0], r[1], r[2]) for r in rows] == [("plus_nsga2", "0", "1"), ("plus_nsga2", "1", "5"),
+                                                  ("random", "0", "1"), ("random", "1", "5")]  # fmt: skip
+    states = {name: json.loads((tmp_path / name / "state.json").read_text()) for name in ("plus_nsga2", "random")}
+    for name, generation, _, hours, best, volume in rows:
+        individuals = [i for i in states[name]["individuals"] if i["generation"] <= int(generation)]
+        assert float(best) == pytest.approx(min(i["fitness"] for i in individuals), rel=1e-3)
+        assert float(hours) == pytest.approx(sum(i["wall_time"] for i in individuals) / 3600, abs=1e-3)
+        assert 0 <= float(volume) <= 1
+    assert all(i["latency"] > 0 for s in states.values() for i in s["individuals"])
+    correlation = re.search(r"10 networks; Spearman rank correlation of latency with parameters (-?[\d.]+)", out)
+    assert correlation and -1 <= float(correlation.group(1)) <= 1
+    assert (tmp_path / "comparison.csv").exists() and (tmp_path / "comparison_progress.png").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from evopose_pl.comparison import CSV_FILE, PLOT_FILE, ComparisonError, read_searches, rows
+from evopose_pl.comparison import CSV_FILE, PLOT_FILE, PROGRESS_FILE, ComparisonError, read_searches, rows
 from evopose_pl.evolution import COMPLETED, FAILED, RESULT_FILE, STATE_FILE, Individual, SearchState, load_state
 from evopose_pl.files import write_json_atomic
 from evopose_pl.report import main as report_main
@@ -113,7 +113,6 @@ def test_the_report_command_writes_one_table_and_one_plot(evolution, tmp_path, c
 @pytest.mark.parametrize(
     "problem, message",
     [
-        ("untested evolution", "run the search with test=true"),
         ("untested run", "did not test its network (test=false)"),
         ("another metric", "tested with different metrics"),
         ("not a search", "neither an evolution's sweep directory"),
@@ -123,9 +122,7 @@ def test_the_report_command_writes_one_table_and_one_plot(evolution, tmp_path, c
     ],
 )
 def test_what_cannot_be_compared_is_refused_naming_the_path(problem, message, evolution, tmp_path, test_genotype):
-    if problem == "untested evolution":
-        other = write_evolution(tmp_path / "old", test_genotype, [trained(1.0, None, 100_000)])
-    elif problem == "untested run":
+    if problem == "untested run":
         other = write_run(tmp_path / "run", None, 100_000, 10.0)
     elif problem == "another metric":
         other = write_run(tmp_path / "run", 0.8, 100_000, 10.0, accuracy_metric="MPII PCKh Mean")
@@ -144,6 +141,31 @@ def test_what_cannot_be_compared_is_refused_naming_the_path(problem, message, ev
         read_searches([str(evolution), str(other)])
     if problem != "another metric":
         assert str(other) in str(error.value)
+
+
+def test_evolutions_progress_compares_with_one_reference_point(evolution, tmp_path, test_genotype):
+    """Two evolutions, one untested: best fitness and hypervolume after each generation, the hypervolume against
+    the larger of the two references (twice each ancestor's (val_loss, params)), networks and device-hours."""
+    other = write_evolution(
+        tmp_path / "other", test_genotype, [trained(20.0, None, 400_000), trained(15.0, None, 100_000)]
+    )
+    searches = read_searches([str(evolution), str(other)])
+    first, second = searches
+    assert second.accuracy_metric is None and second.chosen.name == "individual 1"
+    assert [p.networks for p in first.progress] == [1, 4] and [p.best_fitness for p in first.progress] == [10.0, 9.0]
+    assert first.progress[-1].device_hours == pytest.approx(2.0)  # the failed child left no time
+    # references: (20, 400k) for the first (ancestor loss 10 at 200k), (40, 800k) for the other: (40, 800k) rules
+    table = {r["search"]: r for r in rows(searches)}
+    # the other's networks (15, 100k) and (20, 400k) scaled by (40, 800k): (0.375, 0.125) dominates (0.5, 0.5)
+    assert table["other"]["hypervolume"] == pytest.approx((1 - 0.375) * (1 - 0.125))
+    # the first's front (10, 200k), (9, 300k), (9.5, 900k: outside the reference) scaled by (40, 800k)
+    assert table["evolution"]["hypervolume"] == pytest.approx((0.25 - 0.225) * (1 - 0.375) + 0.75 * 0.75)
+    assert table["other"]["accuracy"] is None and table["other"]["on_front"] is None
+    assert table["evolution"]["best_fitness"] == 9.0 and table["evolution"]["on_front"]
+    report_main(["compare", str(evolution), str(other), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / PROGRESS_FILE).stat().st_size > 10_000 and (tmp_path / "out" / PLOT_FILE).exists()
+    report_main(["compare", str(other), "--out", str(tmp_path / "untested")])  # nothing tested: no Pareto plot
+    assert not (tmp_path / "untested" / PLOT_FILE).exists() and (tmp_path / "untested" / PROGRESS_FILE).exists()
 
 
 def test_the_command_line_refuses_bad_input_with_one_line(tmp_path):

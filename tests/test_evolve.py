@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -301,8 +302,8 @@ def test_no_weight_transfer_and_offline_wandb(tmp_path, evolve):
     assert len(search_runs) == 1 and "wandb sync" in output
     logged = next(search_runs[0].glob("*.wandb")).read_bytes()
     assert b"individual/fitness" in logged  # the driver logs each child's fitness; children log none
-    for ind in state.individuals:
-        assert b"fitness" not in next((sweep / ind.directory / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
+    for ind in state.individuals:  # (their config holds the setting fitness=params, no fitness figure)
+        assert b"/fitness" not in next((sweep / ind.directory / "wandb").glob("offline-run-*/*.wandb")).read_bytes()
     tables = sorted((search_runs[0] / "files/media/table/search").glob("individuals_*.table.json"))
     assert len(tables) == 2  # one per generation
     last = json.loads(max(tables, key=lambda p: int(p.name.split("_")[1])).read_text())
@@ -340,11 +341,14 @@ def test_submitit_local_runs_a_generation(tmp_path, evolve):
         ("gamma=-0.07,-0.05", "gamma=-0.07,-0.05: sweeps over values are not part of a search"),
         ("individual.id=3", "individual.id=3: individual.* is set by the search"),
         ("trainer.max_epochs=7", "trainer.max_epochs=7: the search sets it for each child from epochs="),
+        ("strategy=annealing", "strategy='annealing': must be one of mu_plus_lambda, regularized, random"),
+        ("objectives=[val_loss,accuracy]", "objectives=['val_loss', 'accuracy']: must be two or three different"),
+        ("fitness=latency latency.runtime=tensorrt", "latency.runtime='tensorrt': must be one of torch, onnxruntime"),
     ],
 )
 def test_invalid_overrides_fail_before_anything_is_launched(tmp_path, evolve, override, message):
     sweep = tmp_path / "invalid"
-    result = evolve(sweep, override)
+    result = evolve(sweep, *override.split())
     assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr  # one line naming the override
     assert not (sweep / "state.json").exists() and not (sweep / "individuals").exists()
@@ -357,6 +361,50 @@ def test_a_missing_data_root_is_refused_before_the_search_starts(tmp_path, root)
                             cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode != 0 and "error: data.root: has no value; set it (data.root=...)" in result.stderr
     assert not (sweep / "state.json").exists()
+
+
+LATENCY = ["latency.warmup=1", "latency.repeats=3", "latency.throughput_batch=4"]
+
+
+def test_nsga2_over_validation_loss_and_latency_keeps_fronts_and_hypervolumes(tmp_path, evolve):
+    sweep = tmp_path / "nsga2"
+    cache = tmp_path / "latency"
+    output = _ok(evolve(sweep, "selection=nsga2", "objectives=[val_loss,latency]", "generations=1",
+                        f"latency.cache_dir={cache}", *LATENCY))  # fmt: skip
+    state = load_state(sweep)
+    assert len(state.individuals) == 5 and all(i.status == COMPLETED for i in state.individuals)
+    for ind in state.individuals:  # measured after training, in the child, and cached per architecture
+        assert ind.latency > 0 and ind.throughput > 0 and ind.latency_device.endswith("threads, torch")
+    assert len(list(cache.glob("*.json"))) == 5
+    for summary in state.history:
+        assert 0 < summary["hypervolume"] <= 1 and summary["front"]
+    assert state.history[1]["hypervolume"] >= state.history[0]["hypervolume"]  # the front only grows
+    with open(sweep / CSV_FILE) as f:
+        table = {int(row["id"]): row for row in csv.DictReader(f)}
+    assert {id for id, row in table.items() if row["front_rank"] == "0"} == set(state.history[-1]["front"])
+    assert all(float(table[i.id]["latency"]) == i.latency for i in state.individuals)
+    assert "hypervolume" in output and " ms, " in output
+
+
+@pytest.mark.parametrize("strategy", ["regularized", "random"])
+def test_regularized_and_random_searches_run_and_resume(tmp_path, evolve, strategy):
+    sweep = tmp_path / strategy
+    knobs = [f"strategy={strategy}", "batch=2", "sample_size=2", "population=3"]
+    _ok(evolve(sweep, *knobs, "generations=1"))
+    first = load_state(sweep)
+    assert [len(first.generation_of(g)) for g in (0, 1)] == [1, 2]
+    _ok(evolve(sweep, *knobs, "generations=2"))  # the same search, one generation further
+    state = load_state(sweep)
+    assert [i.genotype for i in state.individuals[:3]] == [i.genotype for i in first.individuals]
+    assert [i.val_loss for i in state.individuals[:3]] == [i.val_loss for i in first.individuals]
+    assert len(state.individuals) == 5 and all(i.status == COMPLETED for i in state.individuals)
+    assert len(state.history) == 3 and all(h["hypervolume"] is not None for h in state.history)
+    if strategy == "random":
+        assert all(i.parent == 0 and i.transfer is not None for i in state.individuals[1:])
+        assert state.individuals[0].checkpoint is not None  # every child inherits the ancestor's weights
+    else:  # the population is the newest 3; the others died and lost their checkpoints
+        assert sorted(state.parents) == [2, 3, 4] and state.individuals[0].checkpoint is None
+        assert all(i.parent in state.history[i.generation - 1]["parents"] for i in state.individuals[1:])
 
 
 def test_report_rebuilds_table_and_plots(basic_search, tmp_path):

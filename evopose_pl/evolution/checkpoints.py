@@ -1,14 +1,17 @@
-"""Pruning checkpoints: in (mu + lambda), a network that is not a parent now never will be again."""
+"""Pruning checkpoints: a network that is not a parent now (in aging evolution, no longer alive) never will
+be again, and no child will inherit its weights."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from evopose_pl.evolution.state import PENDING, StateStore
 
 
-def prune_checkpoints(store: StateStore) -> None:
-    """Delete the checkpoints (inside the sweep directory) of every finished individual that is not a
-    parent, and forget them in the state; their records stay. The caller saves the state."""
-    keep = set(store.state.parents)
+def prune_checkpoints(store: StateStore, also_keep: Collection[int] = ()) -> None:
+    """Delete the checkpoints (inside the sweep directory) of every finished individual that is neither a
+    parent nor in ``also_keep``, and forget them in the state; their records stay. The caller saves the state."""
+    keep = {*store.state.parents, *also_keep}
     root = store.directory.resolve()
     for ind in store.state.individuals:
         if ind.id in keep or ind.status == PENDING:

@@ -1,5 +1,7 @@
-"""Planning generations (SPEC sections 3 and 6): generation 0 is the ancestor; each later one has
-population/parents mutations of every parent, never a genotype sampled before in the search.
+"""Planning generations (SPEC sections 3 and 6): generation 0 is the ancestor; each later one, by the
+strategy, has population/parents mutations of every parent (``mu_plus_lambda``), ``batch`` mutations of
+tournament winners (``regularized``) or ``batch`` genotypes drawn uniformly from the search space
+(``random``); never a genotype sampled before in the search.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from evopose_pl.evolution.selection import ranked
 from evopose_pl.evolution.settings import Settings
 from evopose_pl.evolution.state import PENDING, RESULT_FILE, Individual, SearchStopped, StateError, StateStore
 from evopose_pl.files import stale_temporaries
 from evopose_pl.search import Genotype, SearchExhaustedError, mutate
 
-EXHAUSTED = "search space exhausted: every single-gene mutation of every parent was sampled already"
+EXHAUSTED = "search space exhausted: no genotype left that was not sampled already"
+RANDOM_DRAWS = 10_000  # uniform draws tried per random generation before the space counts as exhausted
 
 
 class Job(NamedTuple):
@@ -71,11 +75,28 @@ class Planner:
             state.cache.append(str(settings.ancestor))
             return [Individual(0, 0, str(settings.ancestor), None, individual_directory(0))]
         cache = {Genotype.from_string(g) for g in state.cache}
-        parents = state.parent_individuals()
+        if settings.strategy == "regularized":
+            drawn = self._tournament_children(cache)
+        elif settings.strategy == "random":
+            drawn = self._random_genotypes(cache)
+        else:
+            drawn = self._mutations_of_parents(cache)
+        children = []
+        for genotype, parent in drawn:
+            state.cache.append(str(genotype))
+            child_id = next_id + len(children)
+            children.append(Individual(child_id, generation, str(genotype), parent, individual_directory(child_id)))
+        return children
+
+    def _mutations_of_parents(self, cache: set[Genotype]) -> list[tuple[Genotype, int]]:
+        """(mu + lambda): population/parents mutations of every parent (the fittest take the share of parents
+        missing or exhausted)."""
+        settings = self.settings
+        parents = self.store.state.parent_individuals()
         quota = [settings.population // len(parents)] * len(parents)
         for k in range(settings.population - sum(quota)):  # fewer parents than mu: the fittest take more
             quota[k % len(parents)] += 1
-        children: list[Individual] = []
+        drawn: list[tuple[Genotype, int]] = []
         exhausted: set[int] = set()
         while sum(quota) and len(exhausted) < len(parents):
             for k, parent in enumerate(parents):
@@ -91,12 +112,43 @@ class Planner:
                         quota[k] = 0
                         break
                     quota[k] -= 1
-                    state.cache.append(str(genotype))
-                    child_id = next_id + len(children)
-                    children.append(
-                        Individual(child_id, generation, str(genotype), parent.id, individual_directory(child_id))
-                    )
-        return children
+                    drawn.append((genotype, parent.id))
+        return drawn
+
+    def _tournament_children(self, cache: set[Genotype]) -> list[tuple[Genotype, int]]:
+        """Aging evolution: per child, ``sample_size`` individuals drawn from the living population, the best
+        of them (by the search's ranking) mutated. A winner with no new mutation left loses its place to the
+        next tournament; the generation ends short when every individual is exhausted."""
+        settings = self.settings
+        population = self.store.state.parent_individuals()
+        drawn: list[tuple[Genotype, int]] = []
+        exhausted: set[int] = set()
+        while len(drawn) < settings.batch and len(exhausted) < len(population):
+            open_ones = [ind for ind in population if ind.id not in exhausted]
+            picks = self.rng.choice(len(open_ones), size=min(settings.sample_size, len(open_ones)), replace=False)
+            winner = ranked([open_ones[i] for i in sorted(picks)], settings, 1)[0]
+            try:
+                genotype = mutate(Genotype.from_string(winner.genotype), self.rng, cache, settings.search_space)
+            except SearchExhaustedError:
+                exhausted.add(winner.id)
+                continue
+            drawn.append((genotype, winner.id))
+        return drawn
+
+    def _random_genotypes(self, cache: set[Genotype]) -> list[tuple[Genotype, int | None]]:
+        """Random search: ``batch`` genotypes drawn uniformly from the space, each inheriting the ancestor's
+        weights (individual 0) with weight transfer, or none."""
+        settings = self.settings
+        parent = 0 if settings.weight_transfer else None
+        drawn: list[tuple[Genotype, int | None]] = []
+        for _ in range(RANDOM_DRAWS):
+            if len(drawn) == settings.batch:
+                break
+            genotype = settings.search_space.sample(self.rng)
+            if genotype not in cache:
+                cache.add(genotype)
+                drawn.append((genotype, parent))
+        return drawn
 
     def jobs(self, generation: int) -> Iterator[Job]:
         """The children of ``generation`` still to train, with what each one inherits."""

@@ -23,8 +23,17 @@ log = logging.getLogger(__name__)
 # in a record (children of earlier versions computed their own) is ignored: the driver's counts.
 RESULT_FIELDS = ("params", "params_trainable", "flops", "val_loss", "checkpoint", "wall_time", "transfer")
 # Recorded when present: timing; the devices the child trained on (its device time is wall_time x devices);
-# with test=true, its headline test figure and that figure's name.
-OPTIONAL_RESULT_FIELDS = ("timing", "devices", "accuracy", "accuracy_metric")
+# with test=true, its headline test figure and that figure's name; its measured latency (required when the
+# search's fitness or objectives use it), throughput and what they were measured on.
+OPTIONAL_RESULT_FIELDS = (
+    "timing",
+    "devices",
+    "accuracy",
+    "accuracy_metric",
+    "latency",
+    "throughput",
+    "latency_device",
+)
 
 
 def result_problem(result: Any, ind: Individual) -> str | None:
@@ -53,6 +62,11 @@ def result_problem(result: Any, ind: Individual) -> str | None:
         return "it holds one of accuracy and accuracy_metric without the other"
     if "accuracy" in result and not (is_number(result["accuracy"]) and isinstance(result["accuracy_metric"], str)):
         return f"accuracy={result['accuracy']!r} ({result['accuracy_metric']!r}) is not a finite number with its name"
+    for key in ("latency", "throughput"):
+        if key in result and not (is_number(result[key]) and result[key] > 0):
+            return f"{key}={result[key]!r} is not a positive number"
+    if "latency_device" in result and not isinstance(result["latency_device"], str):
+        return f"latency_device={result['latency_device']!r} is not a description"
     for key in ("transfer", "timing"):
         value = result.get(key)
         if value is not None and not (
@@ -78,6 +92,8 @@ class Recorder:
         """
         ind = self.store.state.individual(id)
         problem = result_problem(result, ind)
+        if problem is None and self.settings.measures_latency and "latency" not in result:
+            problem = "it lacks latency, which the search's fitness or objectives need (latency.measure)"
         if problem is not None:
             if (self.store.directory / ind.directory / RESULT_FILE).exists():
                 self.adopt_result(id)  # adopted, or the file rejected and named

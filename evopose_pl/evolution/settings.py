@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 # Field metadata of a setting that changes when a search stops or what it keeps, not what a fitness means.
 MAY_CHANGE_ON_RESUME = {"identity": False}
 
+#: How each generation's children are drawn: the paper's (mu + lambda); aging (regularized) evolution, whose
+#: tournaments pick the parent and whose oldest individual dies; genotypes drawn uniformly (the baseline).
+STRATEGIES = ("mu_plus_lambda", "regularized", "random")
+#: What selection ranks by: the one-number fitness, or NSGA-II's fronts and crowding over ``objectives``.
+SELECTIONS = ("fitness", "nsga2")
+#: The cost in the fitness ``J = val_loss * (target / cost)^gamma``: parameters (the paper's) or latency.
+FITNESS_COSTS = ("params", "latency")
+#: What a multi-objective search minimises, as the individuals record them.
+OBJECTIVES = ("val_loss", "params", "flops", "latency")
+
 
 class SettingsError(ValueError):
     """An invalid search setting; the message names the override to fix."""
@@ -44,6 +54,14 @@ class Settings:
     max_failure_rate: float = field(default=0.25, metadata=MAY_CHANGE_ON_RESUME)
     keep_checkpoints: bool = field(default=False, metadata=MAY_CHANGE_ON_RESUME)
     search_space: SearchSpace = field(default_factory=SearchSpace)
+    strategy: str = "mu_plus_lambda"
+    batch: int = 4  # regularized and random: children per generation (the launcher's parallelism suits)
+    sample_size: int = 4  # regularized: S, the individuals each tournament samples from the population
+    fitness: str = "params"  # the fitness's cost: params (J = L (target_params / params)^gamma) or latency
+    target_latency: float = 10.0  # T in ms of fitness=latency: J = L (target_latency / latency)^gamma
+    selection: str = "fitness"
+    objectives: tuple[str, ...] = ("val_loss", "params")  # nsga2's, and the hypervolume's
+    reference: Mapping[str, float] | None = None  # the hypervolume's reference point; None: twice the ancestor's
     # What a child's fitness means besides the knobs above: the data, network, recipe and precision
     # settings its job trains with, as ``{"data.input_size": [64, 48], ...}``.
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -57,10 +75,43 @@ class Settings:
             need(is_int(getattr(self, name)), name, "must be an integer")
         need(self.population >= 1, "population", "must be at least 1")
         need(self.parents >= 1, "parents", "must be at least 1")
+        need(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}")
         need(
-            self.population % self.parents == 0,
+            self.strategy != "mu_plus_lambda" or self.population % self.parents == 0,
             "population",
             f"must be divisible by parents={self.parents}: each parent has population/parents children",
+        )
+        need(is_int(self.batch) and self.batch >= 1, "batch", "must be a whole number of children >= 1")
+        need(
+            is_int(self.sample_size)
+            and self.sample_size >= 1
+            and (self.strategy != "regularized" or self.sample_size <= self.population),
+            "sample_size",
+            f"must be a whole number from 1 to population={self.population}",
+        )
+        need(self.fitness in FITNESS_COSTS, "fitness", f"must be one of {', '.join(FITNESS_COSTS)}")
+        need(is_number(self.target_latency) and self.target_latency > 0, "target_latency", "must be positive (ms)")
+        need(self.selection in SELECTIONS, "selection", f"must be one of {', '.join(SELECTIONS)}")
+        objectives = self.objectives
+        need(
+            isinstance(objectives, (list, tuple))
+            and 2 <= len(objectives) <= 3
+            and len(set(objectives)) == len(objectives)
+            and all(o in OBJECTIVES for o in objectives),
+            "objectives",
+            f"must be two or three different ones of {', '.join(OBJECTIVES)}",
+        )
+        object.__setattr__(self, "objectives", tuple(objectives))
+        reference = self.reference
+        need(
+            reference is None
+            or (
+                isinstance(reference, Mapping)
+                and set(reference) == set(objectives)
+                and all(is_number(v) and v > 0 for v in reference.values())
+            ),
+            "reference",
+            f"must be null (twice the ancestor's) or a positive value for each objective: {list(objectives)}",
         )
         need(self.epochs >= 1, "epochs", "must be at least 1")
         need(self.ancestor_epochs >= 1, "ancestor_epochs", "must be at least 1")
@@ -112,6 +163,11 @@ class Settings:
         """The settings that define a search: every field but those that may change on resume."""
         return tuple(f.name for f in fields(cls) if f.metadata.get("identity", True))
 
+    @property
+    def measures_latency(self) -> bool:
+        """Whether the children must measure their latency: the fitness or the objectives use it."""
+        return self.fitness == "latency" or "latency" in self.objectives
+
     def identity(self) -> dict[str, Any]:
         """The settings that must match to resume a search, as JSON values (as ``state.json`` reads them back)."""
         return json.loads(json.dumps({name: _json_value(getattr(self, name)) for name in self.identity_fields()}))
@@ -154,6 +210,9 @@ def _upgrade(saved: dict[str, Any], wanted: dict[str, Any], path: str | os.PathL
     space = saved.get("search_space")
     if isinstance(space, dict) and "ancestor" in space and "bounds" not in space:  # renamed to bounds
         space["bounds"] = space.pop("ancestor")
+    for key in ADDED_LATER:  # a search from before these settings ran with their defaults
+        if key in wanted and key not in saved:
+            saved[key] = _json_value(next(f.default for f in fields(Settings) if f.name == key))
     if "training" in wanted and "training" not in saved:  # before the training settings were part of the identity
         log.warning(f"{path} does not record its training settings: taking this run's as the search's")
         saved["training"] = wanted["training"]
@@ -169,6 +228,8 @@ def _refuse(path: str | os.PathLike, key: str, wanted: str, saved: str) -> None:
 
 
 _UNSET = object()
+# Settings that states written before them do not record; those searches ran with the defaults.
+ADDED_LATER = ("strategy", "batch", "sample_size", "fitness", "target_latency", "selection", "objectives", "reference")
 
 
 def _override_value(value: Any) -> str:

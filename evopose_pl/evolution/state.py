@@ -56,6 +56,9 @@ class Individual:
     devices: int | None = None  # what it trained on: its device time is wall_time x devices (None: one)
     accuracy: float | None = None  # with test=true, its headline test figure (COCO AP, PCKh@0.5 Mean) ...
     accuracy_metric: str | None = None  # ... and that figure's name
+    latency: float | None = None  # median ms per image at batch 1, measured after training (``latency.*``) ...
+    throughput: float | None = None  # ... images per second at the throughput batch ...
+    latency_device: str | None = None  # ... on this device, runtime and machine
     error: str | None = None
 
     @property
@@ -168,7 +171,9 @@ class SearchState:
                     need(is_number(value), f"{where}.{key}", f"{value!r}: a completed individual needs a number")
                 need(is_int(ind.params) and ind.params > 0, f"{where}.params",
                      f"{ind.params!r}: a completed individual needs its parameter count")  # fmt: skip
-            need(ind.accuracy is None or is_number(ind.accuracy), f"{where}.accuracy", f"{ind.accuracy!r} is no number")
+            for key in ("accuracy", "latency", "throughput"):
+                value = getattr(ind, key)
+                need(value is None or is_number(value), f"{where}.{key}", f"{value!r} is not a number")
             need(ind.devices is None or (is_int(ind.devices) and ind.devices >= 1), f"{where}.devices",
                  f"{ind.devices!r} is not a number of devices")  # fmt: skip
             by_id[ind.id] = ind

@@ -1,4 +1,4 @@
-"""The (mu + lambda) strategy the sweeper drives: one object over the pieces that do the work."""
+"""The search the sweeper drives, whatever its strategy: one object over the pieces that do the work."""
 
 from __future__ import annotations
 
@@ -97,6 +97,8 @@ class Evolution:
             self.store.save()
             raise
         if not self.settings.keep_checkpoints:
-            prune_checkpoints(self.store)
+            # random search's children all inherit the ancestor's weights
+            ancestor = (0,) if self.settings.strategy == "random" and self.settings.weight_transfer else ()
+            prune_checkpoints(self.store, also_keep=ancestor)
         self.store.save()
         return summary

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from evopose_pl.search.genotype import ANCESTOR, Genotype, GenotypeError, GenotypeLike
 
@@ -81,6 +84,26 @@ class SearchSpace:
         except GenotypeError:
             return False
         return True
+
+    def sample(self, rng: np.random.Generator) -> Genotype:
+        """A genotype drawn uniformly from the space (random search): each module's kernel, repeats and channels
+        independently, and the strides of ``stride_modules`` uniformly among the assignments the budget allows."""
+        fixed = sum(g.stride == 2 for i, g in enumerate(self.bounds) if i not in self.stride_modules)
+        allowed = [
+            strides
+            for strides in itertools.product((1, 2), repeat=len(self.stride_modules))
+            if fixed + strides.count(2) <= self.max_stride2
+        ]
+        strides = dict(zip(self.stride_modules, allowed[int(rng.integers(len(allowed)))]))
+        return Genotype(
+            (
+                int(rng.choice(self.kernels)),
+                int(rng.integers(1, self.max_repeats + 1)),
+                int(rng.integers(1, cap + 1)),
+                strides.get(i, base.stride),
+            )
+            for i, (cap, base) in enumerate(zip(self.channel_caps, self.bounds))
+        )
 
     @property
     def size(self) -> int:

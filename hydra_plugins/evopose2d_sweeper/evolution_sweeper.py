@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,6 +63,7 @@ TRAINING_SETTINGS = (
     "callbacks.model_checkpoint.monitor",  # which weights a child keeps, and so what its children inherit
     "callbacks.model_checkpoint.mode",
     "callbacks.weight_transfer.key_map",
+    "latency",  # where and how latencies are measured, when the fitness or objectives use them
 )
 NOT_TRAINING_SETTINGS = (
     "data.num_workers",
@@ -70,6 +71,8 @@ NOT_TRAINING_SETTINGS = (
     "data.val_batch_size",  # the validation loss is a per-sample mean whatever the batch
     "data.crop_cache",
     "data.cache_dir",
+    "latency.measure",  # measuring more than the search uses changes no fitness
+    "latency.cache_dir",
     "data.metric",  # testing (test=true): it changes no fitness
     "data.box_threshold",
     "codec.keypoint_threshold",
@@ -147,8 +150,14 @@ class EvolutionSweeper(Sweeper):
         try:
             arguments = self._check_arguments(arguments)
             knobs = OmegaConf.masked_copy(self.config, [f.name for f in fields(Settings) if f.name in self.config])
-            values = {**OmegaConf.to_container(knobs, resolve=True), "training": self._training()}
-            settings = Settings.from_config(values)
+            values = OmegaConf.to_container(knobs, resolve=True)
+            settings = Settings.from_config(values)  # checked before the training settings are read
+            training = self._training()
+            if settings.measures_latency:
+                self._check_latency()
+            else:  # how latencies would be measured means nothing to a search that does not use them
+                training = {k: v for k, v in training.items() if not k.startswith("latency.")}
+            settings = replace(settings, training=training)
             sweep_dir = Path(self.config.hydra.sweep.dir)
             with SearchLock(sweep_dir):
                 return self._search(arguments, settings, sweep_dir)
@@ -158,11 +167,13 @@ class EvolutionSweeper(Sweeper):
     def _search(self, arguments: list[str], settings: Settings, sweep_dir: Path) -> list[Individual]:
         evolution = Evolution(sweep_dir, settings)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        batch_size = min(self.max_batch_size or settings.population, self.gpus or settings.population)
+        generation_size = settings.population if settings.strategy == "mu_plus_lambda" else settings.batch
+        batch_size = min(self.max_batch_size or generation_size, self.gpus or generation_size)
         action = "Resuming" if evolution.resumed else "Starting"
         log.info(
-            f"{action} the search in {sweep_dir}: population {settings.population}, parents {settings.parents},"
-            f" gamma {settings.gamma}, target_params {settings.target_params:g}, generations"
+            f"{action} the search in {sweep_dir}: strategy {settings.strategy}, selection {settings.selection},"
+            f" population {settings.population}, parents {settings.parents}, gamma {settings.gamma},"
+            f" fitness cost {settings.fitness}, generations"
             f" {settings.generations if settings.generations is not None else 'unlimited'},"
             f" {batch_size} children per launch"
         )
@@ -188,11 +199,13 @@ class EvolutionSweeper(Sweeper):
                 search_run.finish()
             self.search_run = None
         write_report(sweep_dir, evolution.state)
-        best = evolution.parents[0]
+        best = min(evolution.parents, key=lambda ind: ind.rank_key)
+        front = evolution.state.history[-1]["front"] if evolution.state.history else []
         log.info(
             f"Search finished after generation {evolution.state.generation}: the fittest network is individual"
             f" {best.id} {best.genotype} (fitness {best.fitness:.4g}, {best.params / 1e6:.2f}M parameters);"
-            f" table and plots in {sweep_dir}. Raise generations= and re-run to continue it."
+            f" the front over {', '.join(settings.objectives)}: individuals {front}; table and plots in"
+            f" {sweep_dir}. Raise generations= and re-run to continue it."
         )
         return evolution.state.individuals
 
@@ -209,6 +222,19 @@ class EvolutionSweeper(Sweeper):
                 if key.startswith(prefix):
                     raise SettingsError(f"{override.input_line}: {reason}")
         return list(arguments)
+
+    def _check_latency(self) -> None:
+        """Refuse latency settings every child would fail on, before the search starts."""
+        from evopose_pl.latency import LatencySettings
+
+        knobs = {k: v for k, v in self.config.latency.items() if k not in ("measure", "cache_dir")}
+        try:
+            LatencySettings(**knobs)
+        except TypeError as e:  # an unknown key
+            known = ["measure", "cache_dir", *LatencySettings.__dataclass_fields__]
+            raise SettingsError(f"latency: {e}; its keys are {known}") from None
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
 
     def _training(self) -> dict[str, Any]:
         """``TRAINING_SETTINGS`` as the children will see them, flattened to ``{"data.input_size": [64, 48]}``."""
@@ -290,19 +316,24 @@ class EvolutionSweeper(Sweeper):
             return
         inherited = f", {100 * ind.transfer['transfer/inherited_fraction']:.0f}% inherited" if ind.transfer else ""
         tested = f", {ind.accuracy_metric} {ind.accuracy:.4g}" if ind.accuracy is not None else ""
+        latency = f", {ind.latency:.3g} ms" if ind.latency is not None else ""
         log.info(
             f"{where}: validation loss {ind.val_loss:.4g}{tested}, {ind.params / 1e6:.2f}M parameters,"
-            f" {ind.flops / 1e9:.3f}G FLOPs, fitness {ind.fitness:.4g}{inherited}, {ind.wall_time:.0f} s"
+            f" {ind.flops / 1e9:.3f}G FLOPs{latency}, fitness {ind.fitness:.4g}{inherited}, {ind.wall_time:.0f} s"
         )
 
     def _log_summary(self, evolution: Evolution, summary: dict[str, Any]) -> None:
         parents = ", ".join(f"{p.id} ({p.fitness:.4g})" for p in evolution.parents)
         failed = f", {summary['failed']} failed" if summary["failed"] else ""
-        log.info(
-            f"Generation {summary['generation']} selected: best fitness {summary['best_fitness']:.4g}"
-            f" (individual {summary['best_id']}), median {summary['median_fitness']:.4g}{failed};"
-            f" parents {parents}"
+        best = (
+            f"best fitness {summary['best_fitness']:.4g} (individual {summary['best_id']}),"
+            f" median {summary['median_fitness']:.4g}"
+            if summary["best_id"] is not None
+            else "no child completed"
         )
+        volume = summary["hypervolume"]
+        front = f"front {summary['front']}" + (f", hypervolume {volume:.4g}" if volume is not None else "")
+        log.info(f"Generation {summary['generation']} selected: {best}{failed}; {front}; parents {parents}")
 
     def _search_run(self, sweep_dir: Path) -> SearchRun | None:
         """A W&B search run when the children log to W&B (same project, grouped by search)."""
