@@ -144,16 +144,22 @@ def test_regularized_evolution_breeds_tournament_winners_and_the_oldest_die(tmp_
     assert len(set(state.cache)) == len(state.cache) == 9
 
 
-def test_regularized_evolution_loses_the_checkpoints_of_the_dead(tmp_path):
-    evolution = Evolution(tmp_path, settings(strategy="regularized", population=2, sample_size=1, batch=1))
-    for generation in range(3):
+def with_checkpoints(evolution: Evolution, generations: int, loss=lambda ind: 50.0) -> None:
+    """Run ``generations`` generations whose children each leave a checkpoint file."""
+    for generation in range(generations):
         evolution.resume_or_plan()
         for job in list(evolution.jobs(generation)):
-            ckpt = tmp_path / job.individual.directory / "checkpoints" / "best.ckpt"
+            ckpt = evolution.directory / job.individual.directory / "checkpoints" / "best.ckpt"
             ckpt.parent.mkdir(parents=True)
             ckpt.write_bytes(b"weights")
-            evolution.record(job.individual.id, {**result(job.individual, 50.0, 1000), "checkpoint": str(ckpt)})
+            record = result(job.individual, loss(job.individual), 1000)
+            evolution.record(job.individual.id, {**record, "checkpoint": str(ckpt)})
         evolution.select(generation)
+
+
+def test_regularized_evolution_loses_the_checkpoints_of_the_dead(tmp_path):
+    evolution = Evolution(tmp_path, settings(strategy="regularized", population=2, sample_size=1, batch=1))
+    with_checkpoints(evolution, 3)
     assert sorted(evolution.state.parents) == [1, 2]
     assert evolution.individual(0).checkpoint is None and evolution.individual(2).checkpoint is not None
 
@@ -179,15 +185,7 @@ def test_random_search_draws_uniformly_from_the_space_and_inherits_from_the_ance
 
 def test_random_search_keeps_the_ancestors_checkpoint_for_its_children(tmp_path):
     evolution = Evolution(tmp_path, settings(strategy="random", batch=2, parents=1))
-    for generation in range(2):
-        evolution.resume_or_plan()
-        for job in list(evolution.jobs(generation)):
-            ckpt = tmp_path / job.individual.directory / "checkpoints" / "best.ckpt"
-            ckpt.parent.mkdir(parents=True)
-            ckpt.write_bytes(b"weights")
-            loss = 100.0 if job.individual.id == 0 else 10.0
-            evolution.record(job.individual.id, {**result(job.individual, loss, 1000), "checkpoint": str(ckpt)})
-        evolution.select(generation)
+    with_checkpoints(evolution, 2, loss=lambda ind: 100.0 if ind.id == 0 else 10.0)
     assert evolution.state.parents != [0] and evolution.individual(0).checkpoint is not None
     evolution.resume_or_plan()
     assert all(job.parent_checkpoint is not None for job in evolution.jobs(2))
