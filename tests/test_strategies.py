@@ -215,3 +215,29 @@ def test_a_search_whose_objectives_use_latency_refuses_children_without_it(tmp_p
     assert ind.status == COMPLETED and ind.fitness == pytest.approx(100.0 * (5 / 20) ** -0.5)
     saved = load_state(tmp_path / "measured").individuals[0]
     assert (saved.latency, saved.throughput, saved.latency_device) == (20.0, 80.0, "cpu: test, 2 threads, torch")
+
+
+@pytest.mark.parametrize("strategy", ["regularized", "random"])
+@pytest.mark.parametrize("selection", ["fitness", "nsga2"])
+def test_a_search_stopped_mid_generation_resumes_as_if_never_stopped(tmp_path, strategy, selection):
+    """The driver dies after one child of generation 2: a new driver on the directory plans nothing twice, and
+    the search ends as the uninterrupted one does (genotypes, parents, fronts)."""
+    config = settings(strategy=strategy, selection=selection, batch=3, sample_size=2, population=3, generations=3)
+
+    def measure(ind):
+        return 100.0 + 7 * (ind.id % 3) - ind.id, 1_000_000 + 250_000 * (ind.id % 4), {}
+
+    uninterrupted = Evolution(tmp_path / "whole", config)
+    run(uninterrupted, measure)
+    stopped = Evolution(tmp_path / "stopped", config)
+    run(stopped, measure, generations=1)
+    assert stopped.resume_or_plan() == 2
+    first = next(iter(stopped.jobs(2))).individual
+    stopped.record(first.id, result(first, *measure(first)[:2]))
+    del stopped  # killed: the state on disk is all that is left
+    resumed = Evolution(tmp_path / "stopped", config)
+    run(resumed, measure)
+    assert [i.genotype for i in resumed.state.individuals] == [i.genotype for i in uninterrupted.state.individuals]
+    assert [i.parent for i in resumed.state.individuals] == [i.parent for i in uninterrupted.state.individuals]
+    assert [h["parents"] for h in resumed.state.history] == [h["parents"] for h in uninterrupted.state.history]
+    assert [h["front"] for h in resumed.state.history] == [h["front"] for h in uninterrupted.state.history]

@@ -200,7 +200,7 @@ class EvolutionSweeper(Sweeper):
             self.search_run = None
         write_report(sweep_dir, evolution.state)
         best = min(evolution.parents, key=lambda ind: ind.rank_key)
-        front = evolution.state.history[-1]["front"] if evolution.state.history else []
+        front = evolution.state.history[-1].get("front", []) if evolution.state.history else []  # older: none
         log.info(
             f"Search finished after generation {evolution.state.generation}: the fittest network is individual"
             f" {best.id} {best.genotype} (fitness {best.fitness:.4g}, {best.params / 1e6:.2f}M parameters);"
