@@ -23,7 +23,7 @@ from common import ROOT, compose, machine
 from omegaconf import OmegaConf
 
 from evopose_pl.evolution import Settings
-from evopose_pl.search import Genotype, mutate
+from evopose_pl.search import Genotype
 from session import build
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         ancestor, checkpoint, ancestor_params = train(origin, e0, None, Path(tmp) / "ancestor", args.overrides)
         children = []
         for i in range(args.children):
-            genotype = mutate(origin, rng, cache, settings.search_space)
+            genotype = settings.search_space.mutate(origin, rng, cache)
             transfer, _, params = train(genotype, e, Path(checkpoint), Path(tmp) / f"{i}-wt", args.overrides)
             scratch, _, _ = train(genotype, e, None, Path(tmp) / f"{i}-scratch", args.overrides)
             children.append({"genotype": str(genotype), "params": params, "transfer": transfer, "scratch": scratch})

@@ -575,7 +575,7 @@ def test_the_identity_is_every_setting_but_those_that_may_change_on_resume():
     assert changeable == {"generations", "max_failure_rate", "keep_checkpoints"}
     identity = _settings(training={"recipe.lr": 0.001}).identity()
     assert set(identity) == {f.name for f in fields(Settings)} - changeable == set(Settings.identity_fields())
-    assert identity["ancestor"] == str(ANCESTOR) and identity["search_space"] == E3_SPACE
+    assert identity["ancestor"] == str(ANCESTOR) and identity["search_space"] == {"kind": "e3", **E3_SPACE}
     assert identity["training"] == {"recipe.lr": 0.001} and identity["population"] == 6
 
 
@@ -611,9 +611,10 @@ def test_a_state_that_calls_the_search_spaces_bounds_ancestor_resumes(tmp_path):
     state = json.loads((tmp_path / "state.json").read_text())
     space = state["settings"]["search_space"]
     space["ancestor"] = space.pop("bounds")
+    del space["kind"]  # nor did they name the kind of space: E3 was the only one
     (tmp_path / "state.json").write_text(json.dumps(state))
     assert Evolution(tmp_path, _settings()).resume_or_plan() == 0
-    assert load_state(tmp_path).settings["search_space"] == E3_SPACE
+    assert load_state(tmp_path).settings["search_space"] == {"kind": "e3", **E3_SPACE}
     with pytest.raises(SettingsError, match="search_space=.*'max_stride2': 5"):
         Evolution(tmp_path, replace(_settings(), search_space=SearchSpace(max_stride2=5)))
 

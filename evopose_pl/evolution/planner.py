@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from evopose_pl.evolution.selection import ranked
 from evopose_pl.evolution.settings import Settings
 from evopose_pl.evolution.state import PENDING, RESULT_FILE, Individual, SearchStopped, StateError, StateStore
 from evopose_pl.files import stale_temporaries
-from evopose_pl.search import Genotype, SearchExhaustedError, mutate
+from evopose_pl.search import SearchExhaustedError
 
 EXHAUSTED = "search space exhausted: no genotype left that was not sampled already"
 RANDOM_DRAWS = 10_000  # uniform draws tried per random generation before the space counts as exhausted
@@ -74,7 +74,7 @@ class Planner:
         if generation == 0:
             state.cache.append(str(settings.ancestor))
             return [Individual(0, 0, str(settings.ancestor), None, individual_directory(0))]
-        cache = {Genotype.from_string(g) for g in state.cache}
+        cache = {settings.search_space.parse(g) for g in state.cache}
         if settings.strategy == "regularized":
             drawn = self._tournament_children(cache)
         elif settings.strategy == "random":
@@ -88,7 +88,7 @@ class Planner:
             children.append(Individual(child_id, generation, str(genotype), parent, individual_directory(child_id)))
         return children
 
-    def _mutations_of_parents(self, cache: set[Genotype]) -> list[tuple[Genotype, int]]:
+    def _mutations_of_parents(self, cache: set[Any]) -> list[tuple[Any, int]]:
         """(mu + lambda): population/parents mutations of every parent (the fittest take the share of parents
         missing or exhausted)."""
         settings = self.settings
@@ -96,13 +96,15 @@ class Planner:
         quota = [settings.population // len(parents)] * len(parents)
         for k in range(settings.population - sum(quota)):  # fewer parents than mu: the fittest take more
             quota[k % len(parents)] += 1
-        drawn: list[tuple[Genotype, int]] = []
+        drawn: list[tuple[Any, int]] = []
         exhausted: set[int] = set()
         while sum(quota) and len(exhausted) < len(parents):
             for k, parent in enumerate(parents):
                 while quota[k] and k not in exhausted:
                     try:
-                        genotype = mutate(Genotype.from_string(parent.genotype), self.rng, cache, settings.search_space)
+                        genotype = settings.search_space.mutate(
+                            settings.search_space.parse(parent.genotype), self.rng, cache
+                        )
                     except SearchExhaustedError:
                         exhausted.add(k)
                         # its remaining children go to the next parent that can still produce
@@ -115,32 +117,32 @@ class Planner:
                     drawn.append((genotype, parent.id))
         return drawn
 
-    def _tournament_children(self, cache: set[Genotype]) -> list[tuple[Genotype, int]]:
+    def _tournament_children(self, cache: set[Any]) -> list[tuple[Any, int]]:
         """Aging evolution: per child, ``sample_size`` individuals drawn from the living population, the best
         of them (by the search's ranking) mutated. A winner with no new mutation left loses its place to the
         next tournament; the generation ends short when every individual is exhausted."""
         settings = self.settings
         population = self.store.state.parent_individuals()
-        drawn: list[tuple[Genotype, int]] = []
+        drawn: list[tuple[Any, int]] = []
         exhausted: set[int] = set()
         while len(drawn) < settings.batch and len(exhausted) < len(population):
             open_ones = [ind for ind in population if ind.id not in exhausted]
             picks = self.rng.choice(len(open_ones), size=min(settings.sample_size, len(open_ones)), replace=False)
             winner = ranked([open_ones[i] for i in sorted(picks)], settings, 1)[0]
             try:
-                genotype = mutate(Genotype.from_string(winner.genotype), self.rng, cache, settings.search_space)
+                genotype = settings.search_space.mutate(settings.search_space.parse(winner.genotype), self.rng, cache)
             except SearchExhaustedError:
                 exhausted.add(winner.id)
                 continue
             drawn.append((genotype, winner.id))
         return drawn
 
-    def _random_genotypes(self, cache: set[Genotype]) -> list[tuple[Genotype, int | None]]:
+    def _random_genotypes(self, cache: set[Any]) -> list[tuple[Any, int | None]]:
         """Random search: ``batch`` genotypes drawn uniformly from the space, each inheriting the ancestor's
         weights (individual 0) with weight transfer, or none."""
         settings = self.settings
         parent = 0 if settings.weight_transfer else None
-        drawn: list[tuple[Genotype, int | None]] = []
+        drawn: list[tuple[Any, int | None]] = []
         for _ in range(RANDOM_DRAWS):
             if len(drawn) == settings.batch:
                 break

@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from evopose_pl.search import GENOTYPES, Genotype, GenotypeError, SearchSpace
+from evopose_pl.search import (
+    GENOTYPES,
+    Genotype,
+    GenotypeError,
+    SearchSpace,
+    build_search_space,
+    search_space_class,
+    search_space_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +56,12 @@ class Settings:
     generations: int | None = field(default=None, metadata=MAY_CHANGE_ON_RESUME)
     epochs: int = 5
     ancestor_epochs: int = 30
-    ancestor: Genotype = GENOTYPES["ancestor"]
+    ancestor: Any = GENOTYPES["ancestor"]  # a genotype of the search space
     weight_transfer: bool = True
     seed: int = 0
     max_failure_rate: float = field(default=0.25, metadata=MAY_CHANGE_ON_RESUME)
     keep_checkpoints: bool = field(default=False, metadata=MAY_CHANGE_ON_RESUME)
-    search_space: SearchSpace = field(default_factory=SearchSpace)
+    search_space: Any = field(default_factory=SearchSpace)  # any space (evopose_pl.search): E3 by default
     strategy: str = "mu_plus_lambda"
     batch: int = 4  # regularized and random: children per generation (the launcher's parallelism suits)
     sample_size: int = 4  # regularized: S, the individuals each tournament samples from the population
@@ -139,23 +147,28 @@ class Settings:
     def from_config(cls, cfg: Mapping[str, Any]) -> Settings:
         """Build from the top-level config keys; errors name the override at fault.
 
-        Without ``ancestor`` the search starts from the search space's bounds genotype (as the paper's E3).
+        Without ``ancestor`` (or with null) the search starts from the space's default ancestor (E3's: its bounds
+        genotype, the paper's ancestor).
         """
         values = {f.name: cfg[f.name] for f in fields(cls) if f.name in cfg and f.name != "search_space"}
         space = cfg.get("search_space")
         if space is None:
             raise SettingsError("search_space: no search space configured (pick one: search_space=e3)")
         try:
-            values["search_space"] = SearchSpace(**dict(space))
+            values["search_space"] = build_search_space(space)
         except TypeError as e:
-            known = [f.name for f in fields(SearchSpace) if f.init]
+            kind = dict(space).get("kind", "e3")
+            try:
+                known = [f.name for f in fields(search_space_class(kind)) if f.init]
+            except (GenotypeError, TypeError):
+                known = "its class's arguments"
             raise SettingsError(f"search_space: {e}; its fields are {known}") from None
         except GenotypeError as e:
             raise SettingsError(f"search_space: {e}") from None
-        if "ancestor" in values:
+        if values.get("ancestor") is not None:
             values["ancestor"] = parse_ancestor(values["ancestor"], values["search_space"])
         else:
-            values["ancestor"] = values["search_space"].bounds
+            values["ancestor"] = values["search_space"].default_ancestor
         return cls(**values)
 
     @classmethod
@@ -169,19 +182,22 @@ class Settings:
         return self.fitness == "latency" or "latency" in self.objectives
 
     def identity(self) -> dict[str, Any]:
-        """The settings that must match to resume a search, as JSON values (as ``state.json`` reads them back)."""
-        return json.loads(json.dumps({name: _json_value(getattr(self, name)) for name in self.identity_fields()}))
+        """The settings that must match to resume a search, as JSON values (as ``state.json`` reads them back):
+        the ancestor as its string, the search space as its ``kind`` and fields."""
+        values = {name: getattr(self, name) for name in self.identity_fields()}
+        values["ancestor"] = str(self.ancestor)
+        values["search_space"] = {"kind": search_space_kind(self.search_space), **_json_value(self.search_space)}
+        return json.loads(json.dumps({name: _json_value(value) for name, value in values.items()}))
 
 
-def parse_ancestor(value: Any, space: SearchSpace) -> Genotype:
+def parse_ancestor(value: Any, space: Any) -> Any:
     """A named genotype (``ancestor``, ``evopose2d_s``, ...) or a genotype, checked against the space."""
     try:
-        genotype = GENOTYPES[value] if isinstance(value, str) and value in GENOTYPES else Genotype.coerce(value)
-        return space.validate(genotype, what="the ancestor")
-    except GenotypeError as e:
+        return space.parse(value, what="the ancestor")
+    except (GenotypeError, TypeError, ValueError) as e:
         raise SettingsError(
-            f"ancestor={value!r}: {e}. Give a named genotype ({', '.join(sorted(GENOTYPES))}) or a genotype"
-            " string such as k3r1c2s1-k3r2c3s2-k5r2c5s2-k3r3c10s2-k5r3c14s1-k5r4c24s2-k3r1c40s1"
+            f"ancestor={value!r}: {e}. Give a genotype of the search space such as {space.default_ancestor}, or"
+            f" null for that one (E3's spaces also take the names {', '.join(sorted(GENOTYPES))})"
         ) from None
 
 
@@ -210,6 +226,8 @@ def _upgrade(saved: dict[str, Any], wanted: dict[str, Any], path: str | os.PathL
     space = saved.get("search_space")
     if isinstance(space, dict) and "ancestor" in space and "bounds" not in space:  # renamed to bounds
         space["bounds"] = space.pop("ancestor")
+    if isinstance(space, dict) and "kind" not in space:  # before spaces were parts: E3's
+        space["kind"] = "e3"
     for key in ADDED_LATER:  # a search from before these settings ran with their defaults
         if key in wanted and key not in saved:
             saved[key] = _json_value(next(f.default for f in fields(Settings) if f.name == key))

@@ -14,7 +14,7 @@ from typing import Any
 
 from evopose_pl.evolution.settings import Settings, check_resumable, is_int, is_number
 from evopose_pl.files import FileFormatError, read_json, stale_temporaries, write_json_atomic
-from evopose_pl.search import Genotype, GenotypeError
+from evopose_pl.search import SEARCH_SPACES, GenotypeError
 
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"  # what a child measured, in its own directory
@@ -133,9 +133,17 @@ class SearchState:
             if not ok:
                 raise StateError(f"{source}: {where}: {message}")
 
+        space = self.settings.get("search_space") if isinstance(self.settings, dict) else None
+        kind = space.get("kind", "e3") if isinstance(space, dict) else "e3"
+        # A shipped space's genotypes are checked in its format; one of the user's (module:Class) is not
+        # imported to read a file: its genotypes are checked as strings, and by the space when the search runs.
+        genotype_type = SEARCH_SPACES[kind].genotype_type if kind in SEARCH_SPACES else None
+
         def is_genotype(value: Any) -> bool:
+            if genotype_type is None:
+                return isinstance(value, str) and bool(value)
             try:
-                Genotype.from_string(value)
+                genotype_type.from_string(value)
             except (GenotypeError, TypeError, AttributeError, ValueError):
                 return False
             return True

@@ -13,6 +13,7 @@ from evopose_pl.nets.evopose import (
     SqueezeExcitation,
     decode_backbone,
     decode_module,
+    decode_with_head,
 )
 from evopose_pl.nets.pnfs import PNFSNet
 from evopose_pl.nets.pretrained import rename_pretrained, seed_from_pretrained
@@ -38,6 +39,7 @@ __all__ = [
     "count_parameters",
     "decode_backbone",
     "decode_module",
+    "decode_with_head",
     "deployed",
     "describe",
     "from_description",

@@ -16,11 +16,12 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from evopose_pl.search import CompoundScaling, Gene, Genotype, GenotypeLike, drop_connect_rate
+from evopose_pl.search import CompoundScaling, Gene, Genotype, GenotypeLike, HeadGenotype, drop_connect_rate
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # torch's convention: 1 - Keras' 0.99
@@ -351,3 +352,10 @@ class EvoPoseNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"genotype={self.genotype}, resolution={self.resolution}, num_keypoints={self.num_keypoints}"
+
+
+def decode_with_head(genotype: str | HeadGenotype, **kwargs: Any) -> EvoPoseNet:
+    """A network of the ``e3_head`` search space: the backbone decoded as ever, with the genotype's head
+    (``head_blocks`` transposed convolutions of ``head_channels``); ``kwargs`` as ``EvoPoseNet``'s."""
+    genotype = genotype if isinstance(genotype, HeadGenotype) else HeadGenotype.from_string(genotype)
+    return EvoPoseNet(genotype.backbone, head_blocks=genotype.blocks, head_channels=genotype.channels, **kwargs)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import MutableSet
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from evopose_pl.search.genotype import ANCESTOR, Genotype, GenotypeError, GenotypeLike
+from evopose_pl.search.genotype import ANCESTOR, GENOTYPES, Genotype, GenotypeError, GenotypeLike
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class SearchSpace:
     5, 6 and 7 (the only ones whose stride may mutate) are indices 4, 5 and 6.
     """
 
+    genotype_type = Genotype  # what ``parse`` reads (``from_string``): a state's genotypes are checked with it
     bounds: Genotype = ANCESTOR
     kernels: tuple[int, ...] = (3, 5)
     max_repeats: int = 4
@@ -50,6 +53,21 @@ class SearchSpace:
     @property
     def num_modules(self) -> int:
         return len(self.bounds)
+
+    @property
+    def default_ancestor(self) -> Genotype:
+        """Where a search starts when it names no ancestor: the paper's (the bounds' genotype)."""
+        return self.bounds
+
+    def parse(self, value: Any, what: str = "genotype") -> Genotype:
+        """A named genotype (``ancestor``, ``evopose2d_s``, ...), a genotype string or gene list, in this space."""
+        return self.validate(GENOTYPES[value] if isinstance(value, str) and value in GENOTYPES else value, what)
+
+    def mutate(self, genotype: Genotype, rng: np.random.Generator, cache: MutableSet[Genotype]) -> Genotype:
+        """The paper's operator (``search.mutate``): one gene changed, the child new to ``cache``."""
+        from evopose_pl.search.mutation import mutate  # it builds on this module
+
+        return mutate(genotype, rng, cache, self)
 
     def validate(self, genotype: GenotypeLike, what: str = "genotype") -> Genotype:
         """Return the genotype if it lies in this space, else raise naming the module and gene."""
