@@ -2,8 +2,8 @@
 features and how wide they are, beside E3's backbone genes (``search_space=e3_head``).
 
 A genotype is E3's with the head gene after a bar: ``k3r1c2s1-...-k3r1c40s1|h3c128`` (3 transposed
-convolutions of 128 channels, the paper's head). Mutation changes one gene, of the backbone or the head,
-to a neighbouring value; sampling draws the head uniformly from its choices.
+convolutions of 128 channels, the paper's head). Mutation changes one gene: a backbone gene as E3's
+operator does, or a head gene to a neighbouring choice; sampling draws the head uniformly from its choices.
 """
 
 from __future__ import annotations
