@@ -78,6 +78,11 @@ def fusable(net: nn.Module) -> bool:
 class Recipe(ABC):
     """How a network is optimised. ``settings()`` holds the constructor arguments (JSON values)."""
 
+    #: The exponential moving average of the weights a run keeps, used for validation and checkpoints; None: none.
+    ema_decay: float | None = None
+    #: Updates over which that average's decay ramps up (``callbacks.ExponentialMovingAverage``).
+    ema_ramp: float = 2000.0
+
     @abstractmethod
     def settings(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this recipe (recorded in checkpoints)."""
@@ -249,3 +254,169 @@ class AdamStepDecay(Recipe):
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, self.milestones, self.gamma)
         rank_zero_info(f"Adam: rate {self.lr:.3g}, x{self.gamma:g} at epochs {self.milestones}")
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+
+def cosine_to(step: int, total_steps: int, final: float) -> float:
+    """Learning-rate multiplier: half a cosine from 1 at step 0 down to ``final`` at ``total_steps`` (held after)."""
+    done = min(step, total_steps) / max(1, total_steps)
+    return final + (1 - final) * (1 + math.cos(math.pi * done)) / 2
+
+
+def decay_groups(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, other weights, biases): KAPAO's (and YOLOv5's) three groups. Convolution and linear weights,
+    depthwise included, take weight decay; every bias is apart for its warm-up; the rest (batch-norm weights,
+    other norms' and any other parameters) is neither."""
+    decayed, weights, biases = [], [], []
+    for module in net.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if name == "bias":
+                biases.append(param)
+            elif name == "weight" and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+                decayed.append(param)
+            else:
+                weights.append(param)
+    return decayed, weights, biases
+
+
+class WarmupCosineMomentum(torch.optim.lr_scheduler.LRScheduler):
+    """Per-step schedule of KAPAO's recipe: each group's rate ``base_lr * cosine_to(step, total_steps, final)``
+    and the momentum ``momentum``, reached by a linear warm-up over ``warmup_steps``: group ``i``'s rate from
+    ``warmup_start[i]`` and the momentum from ``warmup_momentum``. The warm-up aims at the cosine underneath
+    it, so the rate joins it without a step.
+
+    An ``LRScheduler`` (Lightning accepts no other) that also sets every group's ``momentum``. Its state
+    (``state_dict``: every attribute but the optimiser) carries the step count, so a resumed run goes on."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int,
+        final: float,
+        warmup_start: list[float],
+        momentum: float,
+        warmup_momentum: float,
+    ) -> None:
+        if len(warmup_start) != len(optimizer.param_groups):
+            raise ValueError(f"{len(warmup_start)} warm-up starts for {len(optimizer.param_groups)} groups")
+        self.total_steps, self.warmup_steps, self.final = int(total_steps), max(1, int(warmup_steps)), float(final)
+        self.warmup_start = [float(rate) for rate in warmup_start]
+        self.momentum, self.warmup_momentum = float(momentum), float(warmup_momentum)
+        super().__init__(optimizer)  # steps to 0, which sets the first rates and momentum
+
+    def rates_at(self, step: int) -> list[float]:
+        """Every group's rate at optimiser step ``step`` (0: the first)."""
+        scheduled = [base * cosine_to(step, self.total_steps, self.final) for base in self.base_lrs]
+        if step >= self.warmup_steps:
+            return scheduled
+        done = step / self.warmup_steps
+        return [start + (rate - start) * done for start, rate in zip(self.warmup_start, scheduled)]
+
+    def momentum_at(self, step: int) -> float:
+        """The momentum at optimiser step ``step``."""
+        done = min(1.0, step / self.warmup_steps)
+        return self.warmup_momentum + (self.momentum - self.warmup_momentum) * done
+
+    def get_lr(self) -> list[float]:
+        return self.rates_at(self.last_epoch)
+
+    def step(self, epoch: int | None = None) -> None:
+        super().step(epoch)
+        momentum = self.momentum_at(self.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["momentum"] = momentum
+
+
+class SgdNesterovCosine(Recipe):
+    """KAPAO's recipe (SPEC-KAPAO section 3), ``recipe=kapao``: SGD with Nesterov momentum 0.937 at a rate of
+    ``lr`` (0.01), decayed per step along half a cosine to ``final_lr_fraction`` (0.2) of it over the run.
+
+    The weight decay (5e-4) is set for a global batch of ``nominal_batch`` (64) and scales with the global
+    batch (``weight_decay * global_batch / nominal_batch``: the decay per image stays put); it applies to
+    convolution and linear weights only. The rate is not scaled. Over the first ``warmup_epochs`` (3) of
+    optimiser steps (at least 1) the weights' rates rise linearly from 0, the biases' fall from
+    ``warmup_bias_lr`` (0.1) and the momentum rises from ``warmup_momentum`` (0.8), each to its scheduled value.
+
+    ``ema_decay`` and ``ema_ramp`` describe the exponential moving average of the weights the run keeps (the
+    ``callbacks.ExponentialMovingAverage`` callback builds it; the recipe only records them).
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.937,
+        weight_decay: float = 5e-4,
+        nominal_batch: int = 64,
+        warmup_epochs: float = 3.0,
+        warmup_momentum: float = 0.8,
+        warmup_bias_lr: float = 0.1,
+        final_lr_fraction: float = 0.2,
+        ema_decay: float | None = 0.9999,
+        ema_ramp: float = 2000.0,
+    ) -> None:
+        for setting, value, ok, need in (
+            ("lr", lr, lr > 0, "must be > 0"),
+            ("momentum", momentum, 0 < momentum < 1, "must lie in (0, 1) (Nesterov needs momentum)"),
+            ("weight_decay", weight_decay, weight_decay >= 0, "must be >= 0"),
+            ("nominal_batch", nominal_batch, nominal_batch > 0, "must be > 0"),
+            ("warmup_epochs", warmup_epochs, warmup_epochs >= 0, "must be >= 0"),
+            ("warmup_momentum", warmup_momentum, 0 <= warmup_momentum < 1, "must lie in [0, 1)"),
+            ("warmup_bias_lr", warmup_bias_lr, warmup_bias_lr >= 0, "must be >= 0"),
+            ("final_lr_fraction", final_lr_fraction, 0 <= final_lr_fraction <= 1, "must lie in [0, 1]"),
+            ("ema_decay", ema_decay, ema_decay is None or 0 <= ema_decay < 1, "must lie in [0, 1) or be null"),
+            ("ema_ramp", ema_ramp, ema_ramp > 0, "must be > 0"),
+        ):
+            if not ok:
+                raise ValueError(f"recipe.{setting}={value}: {need}")
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.nominal_batch, self.warmup_epochs = int(nominal_batch), float(warmup_epochs)
+        self.warmup_momentum, self.warmup_bias_lr = float(warmup_momentum), float(warmup_bias_lr)
+        self.final_lr_fraction = float(final_lr_fraction)
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.ema_ramp = float(ema_ramp)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "nominal_batch": self.nominal_batch,
+            "warmup_epochs": self.warmup_epochs,
+            "warmup_momentum": self.warmup_momentum,
+            "warmup_bias_lr": self.warmup_bias_lr,
+            "final_lr_fraction": self.final_lr_fraction,
+            "ema_decay": self.ema_decay,
+            "ema_ramp": self.ema_ramp,
+        }
+
+    def configure(self, net: nn.Module, trainer: pl.Trainer, batch_size: int) -> dict[str, Any]:
+        batch = global_batch(trainer, batch_size)
+        decay = self.weight_decay * batch / self.nominal_batch
+        decayed, weights, biases = decay_groups(net)
+        optimiser = torch.optim.SGD(
+            [
+                {"params": decayed, "weight_decay": decay},
+                {"params": weights, "weight_decay": 0.0},
+                {"params": biases, "weight_decay": 0.0},
+            ],
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=True,
+            fused=fusable(net) or None,
+        )
+        total = max(1, int(trainer.estimated_stepping_batches))
+        warmup = max(1, int(round(self.warmup_epochs * steps_per_epoch(trainer))))
+        schedule = WarmupCosineMomentum(
+            optimiser,
+            total_steps=total,
+            warmup_steps=warmup,
+            final=self.final_lr_fraction,
+            warmup_start=[0.0, 0.0, self.warmup_bias_lr],
+            momentum=self.momentum,
+            warmup_momentum=self.warmup_momentum,
+        )
+        rank_zero_info(
+            f"SGD (Nesterov): rate {self.lr:.3g}, warm-up {warmup} of {total} steps, cosine to "
+            f"{self.final_lr_fraction:g} x; weight decay {decay:.3g} (global batch {batch})"
+        )
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -126,7 +126,35 @@ class KeypointAnnotations(Protocol):
         """A detector's person boxes as test instances."""
 
 
-class TopDownDataset(Dataset):
+class AnnotatedDataset(Dataset):
+    """What the datasets of both layouts (crops, whole images) share: their annotation source, and augmentation
+    draws seeded by (seed, epoch, sample), so each sample is reproducible and each epoch differs."""
+
+    def __init__(self, annotations: KeypointAnnotations, seed: int) -> None:
+        self.annotations = annotations
+        self.seed = seed
+        # Shared memory: persistent loader workers hold copies of the dataset made at their start,
+        # and must still see the epoch the main process sets.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def annotation_file(self) -> Path:
+        return self.annotations.annotation_file
+
+    @property
+    def keypoint_info(self) -> KeypointInfo:
+        return self.annotations.keypoint_info
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed augmentation per epoch, so each epoch sees new draws, reproducibly."""
+        self._epoch.fill_(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The augmentation draws of one sample in the current epoch."""
+        return np.random.default_rng((self.seed, int(self._epoch), index))
+
+
+class TopDownDataset(AnnotatedDataset):
     """Person crops from a keypoint dataset: COCO-format (an annotation file and its images folder) or
     any annotation source (``CocoKeypoints``, ``MpiiAnnotations``).
 
@@ -160,10 +188,9 @@ class TopDownDataset(Dataset):
             raise ValueError(
                 "TopDownDataset: images_dir goes with an annotation file; an annotation source knows its images"
             )
-        self.annotations: KeypointAnnotations = annotations
+        super().__init__(annotations, seed)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.augmentation = augmentation
-        self.seed = seed
         self.detections = None if detections is None else Path(detections)
         self.box_threshold = box_threshold
         self.instances: list[Instance] = (
@@ -181,31 +208,12 @@ class TopDownDataset(Dataset):
             check_image_files(self.instances)
         info = annotations.keypoint_info
         self.flip_index, self.upper_body = info.flip_index, info.upper_body
-        # Shared memory: persistent loader workers hold copies of the dataset made at their start,
-        # and must still see the epoch the main process sets.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def annotation_file(self) -> Path:
-        return self.annotations.annotation_file
-
-    @property
-    def keypoint_info(self) -> KeypointInfo:
-        return self.annotations.keypoint_info
 
     def summary(self) -> str:
         """What the split holds and what was left out, for the log: a documented, counted skip."""
         if self.detections is not None:
             return f"{len(self)} person boxes of {self.detections} with score >= {self.box_threshold}"
         return f"{len(self)} person instances of {self.annotation_file} ({self.annotations.skip_summary()})"
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed augmentation per epoch, so each epoch sees new draws, reproducibly."""
-        self._epoch.fill_(epoch)
-
-    def rng(self, index: int) -> np.random.Generator:
-        """The augmentation draws of one sample in the current epoch."""
-        return np.random.default_rng((self.seed, int(self._epoch), index))
 
     def read_image(self, inst: Instance) -> np.ndarray:
         """The instance's image, BGR as OpenCV decodes it."""

@@ -1,5 +1,5 @@
 """Pose networks in plain PyTorch (no Lightning): the genotype decoder, the baselines, EfficientPose, PNFS,
-named models."""
+KAPAO, named models."""
 
 from evopose_pl.nets.baselines import HRNet, SimpleBaseline
 from evopose_pl.nets.counting import ParameterCount, count_flops, count_parameters, deployed
@@ -15,6 +15,8 @@ from evopose_pl.nets.evopose import (
     decode_module,
     decode_with_head,
 )
+from evopose_pl.nets.kapao import SIZES as KAPAO_SIZES
+from evopose_pl.nets.kapao import KapaoNet
 from evopose_pl.nets.pnfs import PNFSNet
 from evopose_pl.nets.pretrained import rename_pretrained, seed_from_pretrained
 from evopose_pl.nets.registry import BASELINES, MODELS, NamedModel, build_model, describe, from_description
@@ -23,6 +25,8 @@ __all__ = [
     "BASELINES",
     "EFFICIENTPOSE_VARIANTS",
     "EfficientPoseNet",
+    "KAPAO_SIZES",
+    "KapaoNet",
     "MODELS",
     "EvoPoseNet",
     "HRNet",

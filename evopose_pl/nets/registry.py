@@ -1,5 +1,6 @@
 """The named models: EvoPose2D's (a genotype and the resolution it is decoded for), the baselines,
-EfficientPose's variants (``nets.efficientpose.VARIANTS``) and PNFS (``nets.pnfs.PNFSNet``)."""
+EfficientPose's variants (``nets.efficientpose.VARIANTS``), PNFS (``nets.pnfs.PNFSNet``) and KAPAO's sizes
+(``nets.kapao.SIZES``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from torch import nn
 from evopose_pl.nets.baselines import HRNet, SimpleBaseline
 from evopose_pl.nets.efficientpose import VARIANTS, EfficientPoseNet
 from evopose_pl.nets.evopose import EvoPoseNet
+from evopose_pl.nets.kapao import SIZES as KAPAO_SIZES
+from evopose_pl.nets.kapao import KapaoNet
 from evopose_pl.nets.keras import is_hdf5
 from evopose_pl.nets.pnfs import PNFSNet
 from evopose_pl.nets.pretrained import seed_from_pretrained
@@ -44,7 +47,7 @@ BASELINES: dict[str, Callable[..., nn.Module]] = {
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (EvoPoseNet, SimpleBaseline, HRNet, EfficientPoseNet, PNFSNet)
+    cls.__name__: cls for cls in (EvoPoseNet, SimpleBaseline, HRNet, EfficientPoseNet, PNFSNet, KapaoNet)
 }
 
 
@@ -121,8 +124,14 @@ def _build(
         if scaling is not None:
             raise ValueError("model 'pnfs' has no compound scaling; drop model.scaling")
         return PNFSNet(num_keypoints=num_keypoints, resolution=resolution or (256, 256), **kwargs)
+    if name in KAPAO_SIZES:
+        if scaling is not None:
+            raise ValueError(f"model {name!r} has no compound scaling; drop model.scaling")
+        depth, width = KAPAO_SIZES[name]
+        size = {"depth": depth, "width": width, **kwargs}  # kwargs may override the size's multipliers
+        return KapaoNet(num_keypoints=num_keypoints, resolution=resolution or (1280, 1280), **size)
     if name not in MODELS:
-        known = sorted(MODELS) + sorted(BASELINES) + sorted(VARIANTS) + ["pnfs"]
+        known = sorted(MODELS) + sorted(BASELINES) + sorted(VARIANTS) + ["pnfs"] + sorted(KAPAO_SIZES)
         raise ValueError(f"unknown model name {name!r}; the named models are {known}")
     model = MODELS[name]
     return EvoPoseNet(model.genotype, resolution or model.resolution, num_keypoints, scaling=scaling, **kwargs)
