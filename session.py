@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from callbacks import ArchitectureMonitor
+from callbacks import ArchitectureMonitor, ExponentialMovingAverage
 from evopose_pl.architecture_search import (
     ArchitectureSplit,
     DartsModule,
@@ -34,6 +34,7 @@ from evopose_pl.data import AnnotationError, ImageFileError
 from evopose_pl.files import FileFormatError
 from evopose_pl.module import PoseModule, default_precision
 from evopose_pl.report import wandb_key_configured
+from evopose_pl.single_stage import module_class
 
 log = logging.getLogger(__name__)
 
@@ -166,22 +167,25 @@ def prepare_search(
 
 
 def build(cfg: DictConfig) -> Session:
-    """Take the run's share of the cores, seed, then instantiate data, the system's parts (network,
-    codec, recipe), the architecture search when ``search`` is set, the LightningModule composing them,
-    callbacks, loggers and trainer."""
+    """Take the run's share of the cores, seed, then instantiate the codec, the data in its layout (crops or
+    whole images), the network and recipe, the architecture search when ``search`` is set, the LightningModule
+    composing them (the codec's layout chooses it), callbacks (with the recipe's weight average), loggers and
+    trainer."""
     share_cores(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    codec = instantiate(cfg.codec)
+    datamodule = instantiate(cfg.data, layout=codec.layout)
     info = datamodule.keypoint_info
     net = instantiate(cfg.model, num_keypoints=info.num_keypoints)
     search = cfg.get("search")
-    module_class, search_settings = PoseModule, {}
+    module_type, search_settings = module_class(codec), {}
     if search is not None:
-        datamodule, module_class, search_settings = prepare_search(search, net, datamodule)
-    module = module_class(
+        datamodule, module_type, search_settings = prepare_search(search, net, datamodule)
+    recipe = instantiate(cfg.recipe)
+    module = module_type(
         net=net,
-        codec=instantiate(cfg.codec),
-        recipe=instantiate(cfg.recipe),
+        codec=codec,
+        recipe=recipe,
         keypoints=info,
         input_size=datamodule.input_size,
         batch_size=datamodule.batch_size,
@@ -194,6 +198,8 @@ def build(cfg: DictConfig) -> Session:
         with open_dict(cfg):  # resolved here, so that loggers record the precision used
             cfg.trainer.precision = default_precision(cfg.trainer.get("accelerator", "auto"), datamodule.input_size)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if recipe.ema_decay:
+        callbacks.append(ExponentialMovingAverage(recipe.ema_decay, recipe.ema_ramp))
     if search is not None:
         callbacks.append(ArchitectureMonitor(cfg.paths.output_dir))
     loggers = build_loggers(cfg.get("logger"))

@@ -1,5 +1,5 @@
 """LightningDataModules: keypoint datasets in COCO's or MPII's format, and the embedded synthetic one
-(in either format)."""
+(in either format), served as person crops (top-down systems) or whole images (single-stage systems)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ from evopose_pl.data.dataset import KeypointAnnotations, TopDownDataset
 from evopose_pl.data.mpii import MpiiAnnotations
 from evopose_pl.data.synthetic import SyntheticConfig, ensure_synthetic
 from evopose_pl.data.transforms import Augmentation
+from evopose_pl.data.whole_image import SceneAugmentation, WholeImageDataset, collate_objects
 from evopose_pl.metrics import CocoKeypointAP, Metric, PCKh
 
 #: The annotation formats, and the metric each is scored with unless ``metric`` says otherwise.
 DEFAULT_METRICS: dict[str, Callable[[TopDownDataset], Metric]] = {"coco": CocoKeypointAP, "mpii": PCKh}
+#: How samples are served: person crops, or whole images with every person's object labels.
+LAYOUTS = ("top_down", "whole_image")
 
 
 class PoseDataModule(pl.LightningDataModule):
@@ -40,6 +43,13 @@ class PoseDataModule(pl.LightningDataModule):
     crops (``evopose_pl.data.crop_cache``), which needs flip-only augmentation: the search-time
     recipe, where every child of a search reads the same crops. ``pin_memory`` None pins batches
     when the trainer runs on a GPU.
+
+    ``layout`` is the codec's (``Codec.layout``; train.py passes it): ``top_down`` serves person crops at
+    ``input_size``, ``whole_image`` serves whole COCO-format images letterboxed to ``whole_image.input_size``
+    (multiples of 64) with every person's object labels (``data.whole_image``), in batches of
+    ``whole_image.batch_size``, augmented by ``whole_image.augmentation`` (``SceneAugmentation``: mosaic, scale,
+    translation, HSV, flip) for training; they are tested on every image of the annotation file, with no
+    detections file.
     """
 
     def __init__(
@@ -62,8 +72,12 @@ class PoseDataModule(pl.LightningDataModule):
         format: str = "coco",
         head_boxes: str | os.PathLike | None = None,
         metric: Callable[[Dataset], Metric] | None = None,
+        layout: str = "top_down",
+        whole_image: Mapping | None = None,
     ) -> None:
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"data layout {layout!r}: must be one of {', '.join(map(repr, LAYOUTS))}")
         if format not in DEFAULT_METRICS:
             raise ValueError(f"data.format={format!r}: must be one of {', '.join(map(repr, DEFAULT_METRICS))}")
         if format != "mpii" and head_boxes is not None:
@@ -85,6 +99,9 @@ class PoseDataModule(pl.LightningDataModule):
         self.val_annotations, self.val_images = under_root(val_annotations), under_root(val_images)
         self.test_detections = under_root(test_detections)
         self.head_boxes = under_root(head_boxes)
+        self.layout = layout
+        if layout == "whole_image":
+            input_size, batch_size, val_batch_size = self._whole_image_settings(whole_image or {}, crop_cache)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -107,7 +124,34 @@ class PoseDataModule(pl.LightningDataModule):
             )
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
-        self.test_set: TopDownDataset | None = None
+        self.test_set: TopDownDataset | WholeImageDataset | None = None
+
+    def _whole_image_settings(self, settings: Mapping, crop_cache: object) -> tuple[Sequence[int], int, int]:
+        """Input size and batch sizes of the whole-image layout, checked; keeps its augmentation."""
+        known = {"input_size", "batch_size", "val_batch_size", "augmentation", "keypoint_box"}
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(f"data.whole_image: unknown fields {sorted(unknown)} (known: {sorted(known)})")
+        if self.format != "coco":
+            raise ValueError(
+                f"data.format={self.format}: whole images (a single-stage system such as KAPAO) are read from "
+                "COCO-format annotations: use a COCO-format dataset"
+            )
+        if crop_cache is not None:
+            raise ValueError("data.crop_cache holds person crops; whole images (codec=kapao) need data.crop_cache=null")
+        size = [int(s) for s in settings.get("input_size", (256, 320))]
+        if len(size) != 2 or any(s <= 0 or s % 64 for s in size):
+            raise ValueError(f"data.whole_image.input_size={size}: height and width must be positive multiples of 64")
+        augmentation = settings.get("augmentation")
+        if isinstance(augmentation, Mapping):
+            unknown = set(augmentation) - {f.name for f in fields(SceneAugmentation)}
+            if unknown:
+                raise ValueError(f"data.whole_image.augmentation: unknown fields {sorted(unknown)}")
+            augmentation = SceneAugmentation(**augmentation)
+        self.scene_augmentation = augmentation if augmentation is not None else SceneAugmentation()
+        self.keypoint_box = float(settings.get("keypoint_box", 0.05))
+        batch = int(settings.get("batch_size", 16))
+        return size, batch, int(settings.get("val_batch_size") or batch)
 
     def read_annotations(
         self, annotation_file: Path, images: Path, head_boxes: Path | None = None
@@ -137,7 +181,22 @@ class PoseDataModule(pl.LightningDataModule):
         )
         return cache
 
+    def _whole_images(self, split: str, annotations: CocoKeypoints, train: bool = False) -> WholeImageDataset:
+        """One split of whole images, logged."""
+        dataset = WholeImageDataset(
+            annotations,
+            self.input_size,
+            self.scene_augmentation if train else None,
+            seed=self.seed,
+            keypoint_box=self.keypoint_box,
+        )
+        rank_zero_info(f"{split}: {dataset.summary()}")
+        return dataset
+
     def setup(self, stage: str | None = None) -> None:
+        if self.layout == "whole_image":
+            self._setup_whole_images(stage)
+            return
         if stage in (None, "fit") and self.train_set is None:
             if self.train_annotations is None:
                 raise ValueError("data.train_annotations is not set: training needs a training split")
@@ -151,6 +210,17 @@ class PoseDataModule(pl.LightningDataModule):
             self.test_set = self._dataset(
                 "test", test, detections=self.test_detections, box_threshold=self.box_threshold
             )
+
+    def _setup_whole_images(self, stage: str | None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            if self.train_annotations is None:
+                raise ValueError("data.train_annotations is not set: training needs a training split")
+            train = CocoKeypoints(self.train_annotations, self.train_images)
+            self.train_set = self._whole_images("train", train, train=True)
+        if self.val_set is None and stage in (None, "fit", "validate", "test", "predict"):
+            self.val_set = self._whole_images("val", CocoKeypoints(self.val_annotations, self.val_images))
+        if stage in (None, "test", "predict"):
+            self.test_set = self.val_set  # every image of the annotation file: no detections file
 
     @property
     def keypoint_info(self) -> KeypointInfo:
@@ -180,6 +250,7 @@ class PoseDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_objects if self.layout == "whole_image" else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -6,7 +6,19 @@ The ONNX model takes ``images``: float32 RGB crops (N, 3, H, W) at the checkpoin
 values 0-255 (the ImageNet normalisation is inside), and returns the deployed network's outputs by the names
 its codec knows them by (``heatmaps`` (N, K, H', W') for heatmap networks and EfficientPose, whose
 training-only intermediate predictions are left out). The batch dimension is
-dynamic. The model's metadata carries the codec and the keypoint set (``codec``, ``keypoint_names``,
+dynamic.
+
+A KAPAO model takes whole images letterboxed to any height and width that are multiples of 64 (both
+dynamic; pad with grey 114) and returns ``p3``, ``p4``, ``p5``, ``p6``: (N, A x (6 + 3K), H / s, W / s) at
+strides s = 8, 16, 32, 64, the raw outputs of A = 3 anchors each. To decode, view a level as
+(N, A, 6 + 3K, h, w) and take the sigmoid ``t`` of every value: at cell (gx, gy) of anchor (aw, ah) (the
+codec metadata's ``anchors``, in pixels), the box centre is ``(2 t[0:2] - 0.5 + (gx, gy)) s``, its size
+``(2 t[2:4])^2 (aw, ah)``, the confidence ``t[4] x t[5 + c]`` for class c (0: a person, 1 + k: keypoint k),
+keypoint k ``(4 t[6 + K + 2k : 8 + K + 2k] - 2) (aw, ah) + (gx, gy) s``. Then NMS and fusion as
+``evopose_pl.codecs.kapao.KapaoCodec.people`` does (SPEC-KAPAO section 4), with the thresholds in the codec
+metadata's ``settings``.
+
+The model's metadata carries the codec and the keypoint set (``codec``, ``keypoint_names``,
 ``skeleton``, ``flip_index``, JSON), so a runtime can decode without the checkpoint. Needs the extra:
 ``pip install -e ".[onnx]"``.
 """
@@ -63,10 +75,19 @@ def export_onnx(module: PoseModule, output: str | os.PathLike, opset: int = 17) 
             opset_version=opset,
             input_names=["images"],
             output_names=names,
-            dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
+            dynamic_axes=_dynamic_axes(names, module.codec.layout == "whole_image"),
         )
     describe_model(output, module)
     return output
+
+
+def _dynamic_axes(names: Sequence[str], whole_image: bool) -> dict[str, dict[int, str]]:
+    """The batch is dynamic; for whole images (KAPAO), the height and width too."""
+    if not whole_image:
+        return {name: {0: "batch"} for name in ["images", *names]}
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}}
+    axes.update({name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names})
+    return axes
 
 
 def describe_model(path: Path, module: PoseModule) -> None:

@@ -107,7 +107,7 @@ class PoseModule(pl.LightningModule):
 
     def _losses(self, batch: dict, stage: str) -> torch.Tensor:
         """The codec's losses for a batch, logged as ``<stage>/loss`` and, for several outputs, by output name."""
-        losses = self.codec.loss(self(batch["image"]), batch["keypoints"], self.input_size)
+        losses = self.codec.loss(self(batch["image"]), batch[self.codec.target_key], self.input_size)
         loss = losses.pop("loss")
         if stage == "train" and not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at epoch {self.current_epoch}")

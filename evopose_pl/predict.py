@@ -3,9 +3,11 @@
     python -m evopose_pl.predict ckpt=best.ckpt images=photos/ [detections=boxes.json] [output=predictions]
                                  [flip_test=true] [device=cpu|cuda] [box_threshold=0.0] [batch_size=32]
 
-People are cropped from the detections file's boxes (COCO results format; an image's id is its
-file name's number, as in COCO: ``000000397133.jpg`` is 397133), or from an MPII annotation file's
-people (centre and scale, as MPII is evaluated), or the whole image is one box.
+A top-down network's people are cropped from the detections file's boxes (COCO results format; an image's
+id is its file name's number, as in COCO: ``000000397133.jpg`` is 397133), or from an MPII annotation file's
+people (centre and scale, as MPII is evaluated), or the whole image is one box. A single-stage network
+(KAPAO) finds every person itself in the whole image, letterboxed to its input size: it takes no
+detections file, and its test-time augmentation is its codec's (``flip_test`` is the crops').
 Writes ``keypoints_results.json`` (COCO results format) and each image with the skeleton and the
 keypoint scores drawn. The network, its input size and its keypoint set (names, flip pairs,
 skeleton) come from the checkpoint, so COCO, MPII or any COCO-format keypoint set works.
@@ -26,12 +28,15 @@ import torch
 
 from evopose_pl.checkpoint import CheckpointError, checkpoint_label, first_sentence, load_checkpoint
 from evopose_pl.data.coco import read_detections
+from evopose_pl.data.heatmaps import to_image
 from evopose_pl.data.mpii import MpiiAnnotations
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix, warp
+from evopose_pl.data.whole_image import letterbox_matrix
 from evopose_pl.evaluation import results_records
 from evopose_pl.files import read_json
 from evopose_pl.module import PoseModule, checkpoint_codec, keypoint_set
 from evopose_pl.nets import from_description
+from evopose_pl.single_stage import PAD_VALUE, SingleStageModule, image_boxes, module_class
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RESULTS_FILE = "keypoints_results.json"
@@ -39,16 +44,18 @@ RESULTS_FILE = "keypoints_results.json"
 
 def load_pose_module(ckpt: str | os.PathLike, device: str = "cpu", flip_test: bool = True) -> PoseModule:
     """A PoseModule rebuilt from a checkpoint of train.py or evolve.py alone (no config files): its
-    network, codec, keypoint set and input size come from the checkpoint; it predicts, it does not train."""
+    network, codec, keypoint set and input size come from the checkpoint (a whole-image codec's makes it a
+    SingleStageModule); it predicts, it does not train."""
     label = checkpoint_label("ckpt=", ckpt)
     checkpoint = load_checkpoint(ckpt, "ckpt=")
     if not isinstance(checkpoint, dict) or "net" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"{label}: not a checkpoint of train.py or evolve.py (it lacks the network description)")
     try:
         hparams = checkpoint.get("hyper_parameters", {})
-        module = PoseModule(
+        codec = checkpoint_codec(checkpoint)
+        module = module_class(codec)(
             net=from_description(checkpoint["net"]),
-            codec=checkpoint_codec(checkpoint),
+            codec=codec,
             recipe=None,
             keypoints=keypoint_set(checkpoint),
             input_size=hparams["input_size"],
@@ -109,6 +116,26 @@ def predict_image(
         for (box, box_score), xy, kp, score in zip(chunk, coords, scores, instance):
             people.append(Person(box, box_score, xy, kp, float(score)))
     return people
+
+
+@torch.no_grad()
+def detect_people(module: SingleStageModule, image: np.ndarray) -> list[Person]:
+    """Every person a single-stage network finds in a BGR image, letterboxed to its input size."""
+    height, width = module.input_size
+    matrix = letterbox_matrix(image.shape[:2], module.input_size)
+    letterboxed = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                 borderValue=(PAD_VALUE,) * 3)  # fmt: skip
+    images = torch.from_numpy(cv2.cvtColor(letterboxed, cv2.COLOR_BGR2RGB).transpose(2, 0, 1).copy())
+    people = module.detect(images[None].to(module.device))[0]
+    affine = torch.from_numpy(matrix.astype(np.float32)).to(module.device)
+    keypoints = to_image(people.keypoints.float().reshape(1, -1, 2), affine[None]).view_as(people.keypoints)
+    boxes = image_boxes(people, affine).cpu().numpy()
+    return [
+        Person((x1, y1, x2 - x1, y2 - y1), float(score), xy, kp, float(score))
+        for (x1, y1, x2, y2), score, xy, kp in zip(
+            boxes.tolist(), people.scores.cpu().numpy(), keypoints.cpu().numpy(), people.keypoint_scores.cpu().numpy()
+        )
+    ]
 
 
 def render(
@@ -175,6 +202,12 @@ def run(
     keypoint threshold; detections below ``box_threshold`` are left out."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     module = load_pose_module(ckpt, device, flip_test)
+    single_stage = isinstance(module, SingleStageModule)
+    if single_stage and detections is not None:
+        raise ValueError(
+            f"detections={detections}: this checkpoint's network ({module.codec.name}) finds people itself in whole "
+            "images: drop detections="
+        )
     paths = find_images(images)
     ids = {image_id(p, i): p for i, p in enumerate(paths)}
     boxes = {} if detections is None else read_boxes(detections, images, box_threshold, ids)
@@ -187,8 +220,13 @@ def run(
         if image is None:
             raise FileNotFoundError(f"images: {path} cannot be decoded")
         height, width = image.shape[:2]
-        people = predict_image(module, image, boxes.get(id_, []) if detections is not None else
-                               [((0.0, 0.0, float(width), float(height)), 1.0)], batch_size)  # fmt: skip
+        drawn = None
+        if single_stage:  # every candidate person goes to the results (COCO AP ranks them); the confident are drawn
+            people = detect_people(module, image)
+            drawn = [p for p in people if p.score > module.codec.fusion_score]
+        else:
+            people = predict_image(module, image, boxes.get(id_, []) if detections is not None else
+                                   [((0.0, 0.0, float(width), float(height)), 1.0)], batch_size)  # fmt: skip
         if people:
             results += results_records(
                 [id_] * len(people),
@@ -196,8 +234,9 @@ def run(
                 np.stack([p.scores for p in people]),
                 np.array([p.score for p in people]),
             )
-        cv2.imwrite(str(out / f"{path.stem}.jpg"), render(image, people, skeleton, module.codec.keypoint_threshold))
-        print(f"{path.name}: {len(people)} people")
+        drawn = people if drawn is None else drawn
+        cv2.imwrite(str(out / f"{path.stem}.jpg"), render(image, drawn, skeleton, module.codec.keypoint_threshold))
+        print(f"{path.name}: {len(drawn)} people" + ("" if drawn is people else f" ({len(people)} candidates)"))
     results_file = out / RESULTS_FILE
     results_file.write_text(json.dumps(results))
     print(f"{len(results)} people in {len(ids)} images: {results_file} and the drawn images in {out}")

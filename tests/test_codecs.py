@@ -58,8 +58,8 @@ def test_a_codec_description_rebuilds_it_or_is_refused_by_name():
     codec = HeatmapCodec(sigma=2.5, keypoint_threshold=0.3)
     rebuilt = codec_from_description(codec.describe())
     assert isinstance(rebuilt, HeatmapCodec) and rebuilt.settings() == codec.settings()
-    with pytest.raises(CodecError, match="codec 'kapao' is not one of"):
-        codec_from_description({"name": "kapao", "settings": {}})
+    with pytest.raises(CodecError, match="codec 'centernet' is not one of"):
+        codec_from_description({"name": "centernet", "settings": {}})
     with pytest.raises(CodecError, match="codec 'heatmap': .*unexpected keyword"):
         codec_from_description({"name": "heatmap", "settings": {"radius": 1}})
     with pytest.raises(CodecError, match="not a codec description"):

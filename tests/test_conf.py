@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from evopose_pl.nets import BASELINES, EFFICIENTPOSE_VARIANTS, MODELS, EvoPoseNet, count_parameters
+from evopose_pl.nets import BASELINES, EFFICIENTPOSE_VARIANTS, KAPAO_SIZES, MODELS, EvoPoseNet, count_parameters
 from evopose_pl.search import CompoundScaling
 
 
 def test_a_config_for_every_named_model(conf_dir):
     # and the embedded demo's network: a named model's genotype decoded for a small resolution
-    named = set(MODELS) | set(BASELINES) | set(EFFICIENTPOSE_VARIANTS) | {"pnfs"}
+    named = set(MODELS) | set(BASELINES) | set(EFFICIENTPOSE_VARIANTS) | set(KAPAO_SIZES) | {"pnfs"}
     assert {p.stem for p in (conf_dir / "model").glob("*.yaml")} == named | {"demo"}
 
 

@@ -40,10 +40,11 @@ PNFS = {  # tested in test_pnfs.py
 
 
 COMPARISON = {"compare_evolution", "compare_pnfs"}  # run in test_comparison.py
+KAPAO = {"kapao_s", "kapao_m", "kapao_l"}  # tested in test_kapao_system.py
 
 
 def test_every_experiment_is_accounted_for(conf_dir):
-    every = set(PAPER) | SEARCHES | EFFICIENTPOSE | PNFS | COMPARISON | {"coco_sample"}
+    every = set(PAPER) | SEARCHES | EFFICIENTPOSE | PNFS | COMPARISON | KAPAO | {"coco_sample"}
     assert {p.stem for p in (conf_dir / "experiment").glob("*.yaml")} == every
 
 

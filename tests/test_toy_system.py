@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from evopose_pl.checkpoint import load_checkpoint
-from evopose_pl.codecs import Codec, codec_from_description
+from evopose_pl.codecs import TopDownCodec, codec_from_description
 from evopose_pl.datamodule import SyntheticDataModule
 from evopose_pl.module import PoseModule
 
@@ -27,7 +27,7 @@ class ToyRegressor(nn.Module):
         return {"coords": coords[..., :2].sigmoid(), "logits": coords[..., 2]}
 
 
-class RegressionCodec(Codec):
+class RegressionCodec(TopDownCodec):
     """Keypoints as fractions of the input: L1 on visible coordinates, binary cross-entropy on visibility."""
 
     name = "toy_regression"

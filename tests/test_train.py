@@ -22,9 +22,9 @@ from evopose_pl.recipes import AdamWarmupCosine
     ("data", ["synthetic", "synthetic_search", "coco", "mpii", "mpii_synthetic"]),
     ("model", ["demo", "ancestor", "evopose2d_xs", "evopose2d_s", "evopose2d_m", "evopose2d_l", "simplebaseline_r50",
                "hrnet_w32", "efficientnet_b0_head", "efficientpose_rt", "efficientpose_i", "efficientpose_ii",
-               "efficientpose_iii", "efficientpose_iv", "pnfs"]),
-    ("recipe", ["evopose2d", "demo", "efficientpose", "pnfs"]),
-    ("codec", ["heatmap", "confidence_maps", "pnfs"]),
+               "efficientpose_iii", "efficientpose_iv", "pnfs", "kapao_s", "kapao_m", "kapao_l"]),
+    ("recipe", ["evopose2d", "demo", "efficientpose", "pnfs", "kapao"]),
+    ("codec", ["heatmap", "confidence_maps", "pnfs", "kapao"]),
 ])  # fmt: skip
 def test_every_option_of_every_group_composes(compose, conf_dir, group, options):
     assert {p.stem for p in (conf_dir / group).glob("*.yaml")} == set(options)

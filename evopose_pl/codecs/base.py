@@ -4,8 +4,9 @@ keypoints again, kept as one object so the pair can be tested as a round trip (a
 A codec sees the network's outputs as named tensors (``named_outputs``): a network returning one
 tensor has one output, ``heatmaps``; a network with several (intermediate supervision, detection
 passes, part affinity fields) returns a tuple or a dict, and the codec's loss covers each by name.
-Top-down codecs decode person crops; a single-stage codec (KAPAO, later) decodes whole images into
-people and pairs with a data module of whole images, through the same ``Codec`` surface.
+Top-down codecs (``TopDownCodec``) decode person crops, one person per sample; a single-stage codec
+(KAPAO's, ``codecs.kapao``) decodes whole images into people, and its ``layout`` asks the data module for
+whole images rather than crops.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ def named_outputs(outputs: Outputs) -> dict[str, torch.Tensor]:
 
 
 class Codec(ABC):
-    """Encode targets, compute the loss, decode predictions and merge a flip-test pass.
+    """Encode targets and compute the loss; what every pose system's codec shares.
 
     Subclasses set ``name`` (which registers them, so checkpoints can name them) and keep their
     constructor arguments in ``settings()``, which rebuild them: ``type(codec)(**codec.settings())``.
     """
 
     name: ClassVar[str] = ""
+    #: The samples the codec learns from: ``top_down`` person crops or ``whole_image`` scenes (data modules read it).
+    layout: ClassVar[str] = "top_down"
+    #: The batch entry ``loss`` takes its targets from.
+    target_key: ClassVar[str] = "keypoints"
     #: A keypoint scoring above it counts as found (drawn by ``predict``).
     keypoint_threshold: float = 0.0
 
@@ -57,9 +62,23 @@ class Codec(ABC):
         """The constructor arguments (JSON values) that rebuild this codec."""
 
     @abstractmethod
-    def loss(self, outputs: Outputs, keypoints: torch.Tensor, input_size: Sequence[int]) -> dict[str, torch.Tensor]:
-        """``{"loss": total, <output name>: its loss, ...}`` for a batch: targets are encoded on the
-        outputs' device from ``keypoints`` (B, K, 3) in input pixels with visibility."""
+    def loss(self, outputs: Outputs, targets: torch.Tensor, input_size: Sequence[int]) -> dict[str, torch.Tensor]:
+        """``{"loss": total, <part>: its loss, ...}`` for a batch, from the batch's ``target_key`` entry: for
+        top-down codecs ``keypoints`` (B, K, 3) in input pixels with visibility, targets encoded on the
+        outputs' device."""
+
+    def set_progress(self, fraction: float) -> None:  # noqa: B027 (a hook: most targets are fixed)
+        """Targets that change over training (EfficientPose's sigma schedule) take the ``fraction`` of training
+        done, 0 to 1. PoseModule calls it at each training epoch's start, and with 1 before validating, so
+        validation losses are measured against the same (final) targets throughout and compare across epochs."""
+
+    def describe(self) -> dict[str, Any]:
+        """What rebuilds this codec without the configs (stored in checkpoints)."""
+        return {"name": self.name, "settings": self.settings()}
+
+
+class TopDownCodec(Codec):
+    """A codec of person crops: decodes one person per sample and merges a flip-test pass."""
 
     @abstractmethod
     def decode(self, outputs: Outputs, input_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,19 +88,10 @@ class Codec(ABC):
     def merge_flip(self, outputs: Outputs, flipped: Outputs, flip_index: Sequence[int]) -> Outputs:
         """``outputs`` merged with the outputs for the mirrored input (left and right swapped by ``flip_index``)."""
 
-    def set_progress(self, fraction: float) -> None:  # noqa: B027 (a hook: most targets are fixed)
-        """Targets that change over training (EfficientPose's sigma schedule) take the ``fraction`` of training
-        done, 0 to 1. PoseModule calls it at each training epoch's start, and with 1 before validating, so
-        validation losses are measured against the same (final) targets throughout and compare across epochs."""
-
     def person_scores(self, box_scores: torch.Tensor, keypoint_scores: torch.Tensor) -> torch.Tensor:
         """Each person's confidence (B,) from its box score (B,) and keypoint scores (B, K): COCO results
         rank people by it. By default, the box score (a codec that decodes boxes itself overrides it)."""
         return box_scores.float()
-
-    def describe(self) -> dict[str, Any]:
-        """What rebuilds this codec without the configs (stored in checkpoints)."""
-        return {"name": self.name, "settings": self.settings()}
 
 
 def codec_from_description(description: Any) -> Codec:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from evopose_pl.codecs.base import Codec, Outputs, named_outputs
+from evopose_pl.codecs.base import Outputs, TopDownCodec, named_outputs
 from evopose_pl.data.heatmaps import masked_mse
 
 #: OpenPose's 14 MPII limbs in MPII's joint order (OpenPose's neck is MPII's upper_neck, its chest the thorax;
@@ -41,7 +41,7 @@ PAF_STRIDE = 8
 KINDS = ("pafs", "confs", "upscaled")
 
 
-class ConfidenceMapCodec(Codec):
+class ConfidenceMapCodec(TopDownCodec):
     """Confidence maps ``exp(-d^2 / sigma^2)`` (peak 1) per keypoint and OpenPose's PAFs per limb.
 
     Outputs named ``pafs*`` are PAFs (channel 2l is limb l's x component, 2l+1 its y); ``upscaled`` are the

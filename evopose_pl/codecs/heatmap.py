@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from evopose_pl.codecs.base import Codec, Outputs, named_outputs
+from evopose_pl.codecs.base import Outputs, TopDownCodec, named_outputs
 from evopose_pl.data.heatmaps import PEAK, decode_heatmaps, masked_mse, merge_flipped, render_heatmaps
 
 
-class HeatmapCodec(Codec):
+class HeatmapCodec(TopDownCodec):
     """One Gaussian heatmap per keypoint. ``sigma`` None is the reference's 2 pixels per 64 heatmap rows.
     Targets peak at ``peak`` (EvoPose2D's 255; 1 for networks whose heatmaps are bounded by 1, as PNFS's
     squashed vector lengths). A keypoint's score is its heatmap's maximum / ``peak``; it counts as found
