@@ -196,7 +196,7 @@ def build(cfg: DictConfig) -> Session:
     )
     if cfg.trainer.get("precision") is None:
         with open_dict(cfg):  # resolved here, so that loggers record the precision used
-            cfg.trainer.precision = default_precision(cfg.trainer.get("accelerator", "auto"), datamodule.input_size)
+            cfg.trainer.precision = default_precision(cfg.trainer.get("accelerator", "auto"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if recipe.ema_decay:
         callbacks.append(ExponentialMovingAverage(recipe.ema_decay, recipe.ema_ramp))

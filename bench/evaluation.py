@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     datamodule.setup("test")
     device = torch.device(args.device)
     module.to(device).eval()
-    precision = default_precision(device.type, (height, width))
+    precision = default_precision(device.type)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
     seconds: dict[str, float] = defaultdict(float)
 

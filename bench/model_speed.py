@@ -6,6 +6,9 @@
     python bench/model_speed.py --models efficientpose_rt efficientpose_i evopose2d_xs evopose2d_s \\
         --sizes 256x256 --variants fp32 channels_last+bf16    # the MPII trade-off
 
+``--variants onnxruntime`` times inference alone: the deployed network exported to ONNX and run by
+onnxruntime (the ``latency.runtime=onnxruntime`` path), fp32, with torch's CPU threads.
+
 A training step is what the LightningModule does per batch: normalise uint8 crops, forward, the
 system's codec (Gaussian heatmaps and masked MSE; EfficientPose's confidence maps and PAFs on every
 pass), backward, Adam step. Inference runs the deployed network (EfficientPose: its final maps only).
@@ -17,17 +20,30 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from common import machine
 
 from evopose_pl.codecs import Codec, ConfidenceMapCodec, HeatmapCodec  # noqa: E402
-from evopose_pl.module import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from evopose_pl.data.coco import KeypointInfo  # noqa: E402
+from evopose_pl.latency import onnxruntime_runner  # noqa: E402
+from evopose_pl.module import IMAGENET_MEAN, IMAGENET_STD, PoseModule  # noqa: E402
 from evopose_pl.nets import EFFICIENTPOSE_VARIANTS, build_model, count_parameters, deployed  # noqa: E402
 
-OPTIONS = ("channels_last", "bf16", "compile")  # a variant is fp32 or options joined by "+"
+OPTIONS = ("channels_last", "bf16", "compile")  # a variant is fp32, onnxruntime, or options joined by "+"
+#: Inference only: the deployed network exported to ONNX (fp32) and run by onnxruntime with torch's threads.
+ONNXRUNTIME = "onnxruntime"
+#: The reference TensorFlow implementation's EvoPose2D-S at 256x192, batch 32, on a quiet machine of this type
+#: (2 cores, 2 threads; median of 5 steps after 2 warm-ups): (training step s, inference s), each a range.
+REFERENCE = {
+    "reference TF, fp32": ((2.18, 2.21), (0.46, 0.50)),
+    "reference TF, mixed bfloat16": ((2.04, 2.47), (0.28, 0.37)),
+}
+REFERENCE_CASE = ("evopose2d_s", "256x192", 32)
 
 
 def _timed(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
@@ -52,44 +68,74 @@ def system(name: str) -> tuple[int, Codec]:
     return 17, HeatmapCodec()
 
 
-def measure(name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device, warmup: int,
-            repeats: int) -> tuple[float, float]:  # fmt: skip
-    """(training-step seconds, inference seconds) per batch."""
-    parts = set(variant.split("+"))
-    num_keypoints, codec = system(name)
-    net = build_model(name, num_keypoints=num_keypoints).to(device)
-    fmt = torch.channels_last if "channels_last" in parts else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    model = torch.compile(net) if "compile" in parts else net
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in parts)
-    mean = 255 * torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = 255 * torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device)
-    extent = torch.tensor([size[1], size[0], 2.0], device=device)
-    keypoints = torch.rand(batch, num_keypoints, 3, device=device) * extent
-    keypoints[..., 2] = keypoints[..., 2].round()
-    optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
+class Workload:
+    """One model's training step and inference on a fixed batch, in a variant: the phases apart (forward
+    with the codec's loss, backward, optimiser step), so that ``profile_step.py`` can time them one by one."""
 
-    def inputs() -> torch.Tensor:
-        return ((images.float() - mean) / std).contiguous(memory_format=fmt)
+    def __init__(self, name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device) -> None:
+        parts = set(variant.split("+"))
+        num_keypoints, self.codec = system(name)
+        self.size = size
+        self.net = build_model(name, num_keypoints=num_keypoints).to(device)
+        self.format = torch.channels_last if "channels_last" in parts else torch.contiguous_format
+        self.net = self.net.to(memory_format=self.format)
+        self.model = torch.compile(self.net) if "compile" in parts else self.net
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in parts)
+        self.mean = 255 * torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = 255 * torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device)
+        extent = torch.tensor([size[1], size[0], 2.0], device=device)
+        self.keypoints = torch.rand(batch, num_keypoints, 3, device=device) * extent
+        self.keypoints[..., 2] = self.keypoints[..., 2].round()
+        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=1e-4)
 
-    def train_step() -> None:
-        with autocast:
-            outputs = model(inputs())
-        loss = codec.loss(outputs, keypoints, size)["loss"]
-        optimiser.zero_grad(set_to_none=True)
+    def inputs(self) -> torch.Tensor:
+        return ((self.images.float() - self.mean) / self.std).contiguous(memory_format=self.format)
+
+    def forward(self) -> torch.Tensor:
+        """Normalisation, the network and the codec's loss."""
+        with self.autocast:
+            outputs = self.model(self.inputs())
+        return self.codec.loss(outputs, self.keypoints, self.size)["loss"]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        optimiser.step()
+
+    def update(self) -> None:
+        self.optimiser.step()
+
+    def train_step(self) -> None:
+        self.backward(self.forward())
+        self.update()
 
     @torch.no_grad()
-    def infer() -> None:
-        with autocast, deployed(net):
-            model(inputs())
+    def infer(self) -> None:
+        with self.autocast, deployed(self.net):
+            self.model(self.inputs())
 
-    net.train()
-    train = _timed(train_step, device, warmup, repeats)
-    net.eval()
-    inference = _timed(infer, device, warmup, repeats)
+
+def onnxruntime_inference(work: Workload, device: torch.device, directory: Path) -> Callable[[], None]:
+    """The workload's network as the latency objective runs it with ``latency.runtime=onnxruntime``."""
+    names = tuple(f"keypoint_{i}" for i in range(work.keypoints.shape[1]))
+    module = PoseModule(work.net, work.codec, None, KeypointInfo(names), work.size, channels_last=False).eval()
+    run = onnxruntime_runner(module, device.type, directory)
+    images = work.images.float().cpu()
+    return lambda: run(images)
+
+
+def measure(name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device, warmup: int,
+            repeats: int) -> tuple[float | None, float]:  # fmt: skip
+    """(training-step seconds, inference seconds) per batch; no training step for onnxruntime."""
+    if variant == ONNXRUNTIME:
+        work = Workload(name, size, batch, "fp32", device)
+        with tempfile.TemporaryDirectory() as tmp:
+            return None, _timed(onnxruntime_inference(work, device, Path(tmp)), torch.device("cpu"), warmup, repeats)
+    work = Workload(name, size, batch, variant, device)
+    work.net.train()
+    train = _timed(work.train_step, device, warmup, repeats)
+    work.net.eval()
+    inference = _timed(work.infer, device, warmup, repeats)
     return train, inference
 
 
@@ -100,20 +146,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[32])
     parser.add_argument(
         "--variants", nargs="+", default=["fp32", "channels_last", "bf16", "channels_last+bf16"],
-        help=f"fp32, or any of {', '.join(OPTIONS)} joined by '+'",
+        help=f"fp32, {ONNXRUNTIME} (inference only), or any of {', '.join(OPTIONS)} joined by '+'",
     )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--against-reference", action="store_true",
+        help="after the table, each variant of EvoPose2D-S at 256x192, batch 32 against the reference TF figures",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     for variant in args.variants:
-        if variant != "fp32" and not set(variant.split("+")) <= set(OPTIONS):
+        if variant not in ("fp32", ONNXRUNTIME) and not set(variant.split("+")) <= set(OPTIONS):
             parser.error(f"--variants: {variant!r} is not fp32 or a '+'-joined combination of {', '.join(OPTIONS)}")
     device = torch.device(args.device)
     variants = ["fp32", *[v for v in args.variants if v != "fp32"]]  # the reference for the ratios first
     print(f"# model speed on {machine()}, device {device}")
     print("| model | params | input | batch | variant | train step s | ratio | inference s | ratio | train img/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    measured: dict[str, tuple[float | None, float]] = {}
     for name in args.models:
         params = count_parameters(build_model(name, num_keypoints=system(name)[0])).with_bn_stats
         for size_text in args.sizes:
@@ -123,12 +174,40 @@ def main(argv: list[str] | None = None) -> None:
                 for variant in variants:
                     train, infer = measure(name, size, batch, variant, device, args.warmup, args.repeats)
                     reference = reference or (train, infer)
+                    if (name, size_text, batch) == REFERENCE_CASE:
+                        measured[variant] = (train, infer)
+                    trained = "n/a | n/a" if train is None else f"{train:.3f} | {reference[0] / train:.2f}x"
+                    rate = "n/a" if train is None else f"{batch / train:.1f}"
                     print(
-                        f"| {name} | {params / 1e6:.2f}M | {size_text} | {batch} | {variant} | {train:.3f} |"
-                        f" {reference[0] / train:.2f}x | {infer:.3f} | {reference[1] / infer:.2f}x |"
-                        f" {batch / train:.1f} |",
+                        f"| {name} | {params / 1e6:.2f}M | {size_text} | {batch} | {variant} | {trained} |"
+                        f" {infer:.3f} | {reference[1] / infer:.2f}x | {rate} |",
                         flush=True,
                     )
+    if args.against_reference:
+        print_against_reference(measured)
+
+
+def _against(ours: float, low: float, high: float) -> str:
+    """Our time against a reference range, as speed-ups (>1: ours is faster)."""
+    return f"{low / ours:.2f}-{high / ours:.2f}x"
+
+
+def print_against_reference(measured: dict[str, tuple[float | None, float]]) -> None:
+    """The reference TF figures (REFERENCE) and each measured variant, with its speed-up over the reference's
+    best (the lower bound of the fastest range, and its upper bound)."""
+    if not measured:
+        print(f"\n(--against-reference: no row of {' '.join(map(str, REFERENCE_CASE))} was measured)")
+        return
+    best_train = min(REFERENCE.values(), key=lambda r: r[0][0])[0]
+    best_infer = min(REFERENCE.values(), key=lambda r: r[1][0])[1]
+    print("\n| EvoPose2D-S, 256x192, batch 32 | training step s | vs the reference's best | inference s |"
+          " vs the reference's best |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for name, (train, infer) in REFERENCE.items():
+        print(f"| {name} | {train[0]:.2f}-{train[1]:.2f} | | {infer[0]:.2f}-{infer[1]:.2f} | |")
+    for variant, (train, infer) in measured.items():
+        trained = "n/a | n/a" if train is None else f"{train:.3f} | {_against(train, *best_train)}"
+        print(f"| ours, {variant} | {trained} | {infer:.3f} | {_against(infer, *best_infer)} |")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def _torch_runner(module: PoseModule, device: str) -> tuple[Callable[[torch.Tens
     return run, (torch.cuda.synchronize if device == "cuda" else (lambda: None))
 
 
-def _onnxruntime_runner(module: PoseModule, device: str, directory: Path) -> Callable[[torch.Tensor], Any]:
+def onnxruntime_runner(module: PoseModule, device: str, directory: Path) -> Callable[[torch.Tensor], Any]:
     """The deployed network exported to ONNX and run by onnxruntime with this process's CPU threads (or CUDA)."""
     import onnxruntime
 
@@ -126,7 +126,7 @@ def measure_latency(module: PoseModule, settings: LatencySettings) -> Latency:
     device = "cpu" if settings.runtime == "onnxruntime" and settings.device == "cpu" else settings.device
     with deployed(module.net), tempfile.TemporaryDirectory() as tmp:
         if settings.runtime == "onnxruntime":
-            run, synchronise = _onnxruntime_runner(module, settings.device, Path(tmp)), (lambda: None)
+            run, synchronise = onnxruntime_runner(module, settings.device, Path(tmp)), (lambda: None)
             tensor_device = "cpu"  # onnxruntime takes host arrays
         else:
             run, synchronise = _torch_runner(module, device)

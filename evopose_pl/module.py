@@ -24,10 +24,6 @@ from evopose_pl.recipes import Recipe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# On the CPU, bf16 autocast pays off at the paper's 256x192 (bench/model_speed.py, channels_last: EvoPose2D-S
-# trains 1.7x faster with it, the ancestor and XS 1.1x), but costs more than it saves at 128x96 and below
-# (1.2x to 1.5x slower for those three networks; BENCHMARKS.md).
-BF16_CPU_MIN_PIXELS = 256 * 192
 
 
 def cpu_has_native_bf16() -> bool:
@@ -40,17 +36,19 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def default_precision(accelerator: str, input_size: Sequence[int]) -> str:
+def default_precision(accelerator: str) -> str:
     """The fastest Lightning precision for the accelerator: bf16 mixed on GPUs that have it (the
     paper's precision; fp16 mixed on older GPUs), bf16 on TPUs, and on the CPU bf16 mixed where it
-    is native and the input large enough to gain from it, else fp32."""
+    is native, else fp32. On the CPU, bf16 pays off at every input size since depthwise convolutions
+    take their gradients in fp32 (``nets.evopose.DepthwiseConv2d``): EvoPose2D-S trains 1.1x faster
+    than in fp32 at 64x48, 1.5x at 128x96, 1.8x at 256x192 (channels_last both; BENCHMARKS.md, and
+    a separate run at 128x96)."""
     accelerator = str(accelerator).lower()
     if accelerator == "tpu":
         return "bf16-true"
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    pixels = int(input_size[0]) * int(input_size[1])
-    if accelerator in ("auto", "cpu") and cpu_has_native_bf16() and pixels >= BF16_CPU_MIN_PIXELS:
+    if accelerator in ("auto", "cpu") and cpu_has_native_bf16():
         return "bf16-mixed"
     return "32-true"
 

@@ -60,6 +60,27 @@ def test_model_speed_prints_every_variant_with_its_ratio(root):
         assert _quotient_matches(float(row[9]), 2, train, 0, 0.001, 0.1), row  # images per second of training
 
 
+def test_model_speed_times_onnxruntime_inference_against_the_same_fp32_network(root):
+    out = _bench(root, "bench/model_speed.py", "--sizes", "64x48", "--batches", "2", "--repeats", "1",
+                 "--warmup", "1", "--variants", "onnxruntime")  # fmt: skip
+    reference, onnx = _table(out, "evopose2d_s")
+    assert onnx[4] == "onnxruntime" and onnx[5:7] == ["n/a", "n/a"] and onnx[9] == "n/a"  # inference only
+    assert _quotient_matches(float(onnx[8].rstrip("x")), float(reference[7]), float(onnx[7]), 0.001, 0.001, 0.01)
+
+
+def test_profile_step_splits_a_training_step_into_its_phases_and_operators(root):
+    out = _bench(root, "bench/profile_step.py", "--size", "64x48", "--batch", "2", "--warmup", "0", "--steps", "1",
+                 "--variant", "channels_last", "--top", "4")  # fmt: skip
+    phases = re.findall(r"## (\w+): ([\d.]+) s per step \((\d+)% of the step\)", out)
+    assert [p[0] for p in phases] == ["forward", "backward", "optimiser"]
+    assert 97 <= sum(int(p[2]) for p in phases) <= 103
+    backward = out.split("## backward")[1].split("## optimiser")[0]
+    rows = _table(backward, "aten::")
+    assert 1 <= len(rows) <= 4 and any(row[0] == "aten::convolution_backward" for row in rows)
+    shares = [float(row[4].rstrip("%")) for row in rows]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.05
+
+
 def test_input_pipeline_compares_the_loader_with_a_real_fit(root):
     out = _bench(root, "bench/input_pipeline.py", "--sizes", "64x48", "--workers", "0", "--epochs", "1",
                  "--fit-batches", "2", "--synthetic-images", "40")  # fmt: skip
@@ -190,3 +211,15 @@ def test_search_strategies_compares_searches_at_the_same_budget(root, tmp_path, 
     correlation = re.search(r"10 networks; Spearman rank correlation of latency with parameters (-?[\d.]+)", out)
     assert correlation and -1 <= float(correlation.group(1)) <= 1
     assert (tmp_path / "comparison.csv").exists() and (tmp_path / "comparison_progress.png").exists()
+
+
+def test_model_speed_compares_with_the_reference_implementation(root, monkeypatch, capsys):
+    """--against-reference: each variant's speed-up over the reference TF's fastest figures (ranges)."""
+    monkeypatch.syspath_prepend(str(root / "bench"))
+    from model_speed import print_against_reference
+
+    print_against_reference({"channels_last+bf16": (1.7, 0.2), "onnxruntime": (None, 0.5)})
+    rows = {row[0]: row for row in _table(capsys.readouterr().out)}
+    assert rows["reference TF, mixed bfloat16"][1] == "2.04-2.47"
+    assert rows["ours, channels_last+bf16"][1:] == ["1.700", "1.20-1.45x", "0.200", "1.40-1.85x"]
+    assert rows["ours, onnxruntime"][1:] == ["n/a", "n/a", "0.500", "0.56-0.74x"]

@@ -63,6 +63,60 @@ class TFSameConv2d(nn.Conv2d):
         return super().forward(nn.functional.pad(x, (left, right, top, bottom)))
 
 
+class _Bf16DepthwiseFp32Backward(torch.autograd.Function):
+    """A depthwise convolution computed in bfloat16 whose gradients are computed in float32: on the CPU,
+    oneDNN's bf16 depthwise backward runs 2-4x slower than its fp32 one (``bench/profile_step.py`` found it
+    the largest cost of an EvoPose2D training step; BENCHMARKS.md), while the bf16 forward is the faster.
+    The result is autocast's, the gradients are those of the same function, only more precise."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, stride: list[int], padding: list[int], dilation: list[int],
+        groups: int,
+    ) -> torch.Tensor:  # fmt: skip
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding, dilation, groups)
+        return nn.functional.conv2d(x, weight.to(x.dtype), None, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.geometry
+        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad.float(), x.float(), weight.float(), None, stride, padding, dilation, False, [0, 0], groups,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+        )  # fmt: skip
+        grad_x = None if grad_x is None else grad_x.to(x.dtype)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        return grad_x, grad_weight, None, None, None, None
+
+
+def _cpu_bf16_training(x: torch.Tensor) -> bool:
+    """Whether ``x`` is trained on the CPU under bfloat16 autocast (what the depthwise path is for)."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise convolution (``groups == in_channels == out_channels``, no bias) whose training under CPU
+    bf16 autocast takes ``_Bf16DepthwiseFp32Backward``; elsewhere it is ``nn.Conv2d``."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if bias is not None or not _cpu_bf16_training(x) or isinstance(self.padding, str):
+            return super()._conv_forward(x, weight, bias)
+        return _Bf16DepthwiseFp32Backward.apply(
+            x.to(torch.bfloat16), weight, list(self.stride), list(self.padding), list(self.dilation), self.groups
+        )
+
+
+class TFSameDepthwiseConv2d(DepthwiseConv2d, TFSameConv2d):
+    """``TFSameConv2d``'s padding with ``DepthwiseConv2d``'s training path."""
+
+
 class TFSameConvTranspose2d(nn.ConvTranspose2d):
     """A transposed convolution as TensorFlow's ``'same'``: ``stride`` times the input, the full output
     cropped from ``(kernel - stride) // 2`` (PyTorch's ``padding``), the remainder cut at the end."""
@@ -88,9 +142,12 @@ def conv2d(
     in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False, padding: str = "same"
 ) -> nn.Conv2d:
     """A convolution that keeps ``ceil(size / stride)`` positions, padded as ``padding`` says (``PADDINGS``)."""
+    depthwise = groups > 1 and groups == in_ch == out_ch and not bias
     if check_padding(padding) == "tf_same" and stride > 1:
-        return TFSameConv2d(in_ch, out_ch, kernel, stride, 0, groups=groups, bias=bias)
-    return nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=bias)
+        return (TFSameDepthwiseConv2d if depthwise else TFSameConv2d)(in_ch, out_ch, kernel, stride, 0, groups=groups,
+                                                                      bias=bias)  # fmt: skip
+    return (DepthwiseConv2d if depthwise else nn.Conv2d)(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups,
+                                                         bias=bias)  # fmt: skip
 
 
 def conv_transpose2d(in_ch: int, out_ch: int, kernel: int, bias: bool = False, padding: str = "same") -> nn.Module:

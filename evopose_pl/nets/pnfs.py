@@ -38,6 +38,7 @@ from torch import nn
 from evopose_pl.checkpoint import load_checkpoint
 from evopose_pl.files import FileFormatError, read_json
 from evopose_pl.nets.baselines import RESNET50_BLOCKS, Bottleneck, HRModule, ResNet50, _layer, _transition
+from evopose_pl.nets.evopose import DepthwiseConv2d
 
 #: The candidate operations (SPEC-PNFS section 1), in the order of alpha's columns.
 OPERATIONS = ("zero", "skip", "sep_conv_3x3", "dil_conv_3x3", "avg_pool_3x3", "max_pool_3x3")
@@ -151,7 +152,7 @@ def _depthwise_pointwise(channels: int, dilation: int = 1) -> nn.Sequential:
     """Depthwise 3x3 -> pointwise 1x1 -> non-affine BN -> ReLU (the reference's operators have no BN scale)."""
     return nn.Sequential(
         OrderedDict(
-            depthwise=nn.Conv2d(channels, channels, 3, 1, dilation, dilation, groups=channels, bias=False),
+            depthwise=DepthwiseConv2d(channels, channels, 3, 1, dilation, dilation, groups=channels, bias=False),
             pointwise=nn.Conv2d(channels, channels, 1, bias=False),
             bn=nn.BatchNorm2d(channels, affine=False),
             act=nn.ReLU(inplace=True),
@@ -395,7 +396,9 @@ def _conv_bn_relu6(
     in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
 ) -> nn.Sequential:
     layers = OrderedDict(
-        conv=nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False),
+        conv=(DepthwiseConv2d if groups > 1 and groups == in_ch == out_ch else nn.Conv2d)(
+            in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False
+        ),
         bn=nn.BatchNorm2d(out_ch),
     )
     if act:

@@ -1,0 +1,86 @@
+"""Depthwise convolutions trained under CPU bf16 autocast take their gradients in fp32 (nets.evopose.DepthwiseConv2d):
+the same outputs as autocast's, gradients of the same function at least as precise, and the path taken only
+where it is meant to be."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from evopose_pl.nets import build_model
+from evopose_pl.nets.evopose import DepthwiseConv2d, TFSameConv2d, TFSameDepthwiseConv2d, conv2d
+
+
+def _pair(cls: type[nn.Conv2d], reference: type[nn.Conv2d], stride: int, padding: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+    ours = cls(16, 16, 5, stride, padding, groups=16, bias=False)
+    plain = reference(16, 16, 5, stride, padding, groups=16, bias=False)
+    plain.load_state_dict(ours.state_dict())
+    return ours, plain
+
+
+@pytest.mark.parametrize(
+    ("cls", "reference", "stride", "padding"),
+    [
+        (DepthwiseConv2d, nn.Conv2d, 1, 2),
+        (DepthwiseConv2d, nn.Conv2d, 2, 2),
+        (TFSameDepthwiseConv2d, TFSameConv2d, 2, 0),
+    ],
+)
+def test_bf16_training_gives_autocasts_outputs_and_fp32_gradients(cls, reference, stride, padding):
+    torch.manual_seed(0)
+    ours, plain = _pair(cls, reference, stride, padding)
+    x = torch.randn(4, 16, 21, 15).contiguous(memory_format=torch.channels_last)
+    x_ours, x_plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ours, y_plain = ours(x_ours), plain(x_plain)
+    assert y_ours.dtype == y_plain.dtype == torch.bfloat16
+    torch.testing.assert_close(y_ours, y_plain, atol=0, rtol=0)
+    upstream = torch.randn(y_ours.shape)
+    (y_ours.float() * upstream).sum().backward()
+    (y_plain.float() * upstream).sum().backward()
+    # the exact gradients of the function autocast computed: fp32 on the bf16-rounded input and weight
+    x_exact = x.to(torch.bfloat16).float().requires_grad_()
+    exact = reference(16, 16, 5, stride, padding, groups=16, bias=False)
+    exact.weight = nn.Parameter(ours.weight.detach().to(torch.bfloat16).float())
+    (exact(x_exact) * upstream.to(torch.bfloat16).float()).sum().backward()
+    weight_error = (ours.weight.grad - exact.weight.grad).abs().max()
+    assert weight_error <= (plain.weight.grad - exact.weight.grad).abs().max()
+    assert weight_error < 1e-3 * exact.weight.grad.abs().max()
+    torch.testing.assert_close(x_ours.grad, x_exact.grad, atol=0.02, rtol=0.01)  # rounded to bf16, as autocast's
+    assert ours.weight.grad.dtype == torch.float32 and x_ours.grad.dtype == torch.float32
+
+
+def test_the_fp32_path_elsewhere(monkeypatch):
+    """Without autocast, without gradients, or with a bias, it is nn.Conv2d exactly."""
+    calls = []
+    monkeypatch.setattr(torch.ops.aten, "convolution_backward", _counting(torch.ops.aten.convolution_backward, calls))
+    torch.manual_seed(0)
+    ours, plain = _pair(DepthwiseConv2d, nn.Conv2d, 2, 2)
+    x = torch.randn(2, 16, 12, 10)
+    torch.testing.assert_close(ours(x), plain(x), atol=0, rtol=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(ours(x), plain(x), atol=0, rtol=0)
+    ours(x.requires_grad_()).sum().backward()
+    assert calls == []  # autograd's own convolution backward, not ours
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(x)
+    y.float().sum().backward()
+    assert calls == [1]  # and ours under CPU bf16 autocast
+
+
+def _counting(function, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return counted
+
+
+def test_the_decoder_builds_depthwise_convolutions_with_the_same_layer_names():
+    assert isinstance(conv2d(8, 8, 3, groups=8), DepthwiseConv2d)
+    assert isinstance(conv2d(8, 8, 3, 2, groups=8, padding="tf_same"), TFSameDepthwiseConv2d)
+    assert type(conv2d(8, 16, 1)) is nn.Conv2d and type(conv2d(8, 8, 3, groups=2)) is nn.Conv2d
+    net = build_model("evopose2d_xs")
+    depthwise = [name for name, m in net.named_modules() if isinstance(m, DepthwiseConv2d)]
+    assert depthwise and all(name.endswith("depthwise.conv") for name in depthwise)
