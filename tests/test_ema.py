@@ -127,7 +127,7 @@ def test_validation_checkpoints_and_resumes_use_the_average(tmp_path):
     torch.testing.assert_close(module.seen[1], second)
 
     # a checkpoint's state_dict holds the average; the raw weights ride along for resuming
-    checkpoint = torch.load(tmp_path / "checkpoints" / "epoch=0-step=4.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "epoch=0-step=4.ckpt", weights_only=True)
     torch.testing.assert_close(checkpoint["state_dict"]["layer.weight"], first)
     torch.testing.assert_close(checkpoint["current_model_state"]["layer.weight"], steps.weights[3])
     assert checkpoint["averaging_state"]["n_averaged"].item() == 4
@@ -155,5 +155,5 @@ def test_testing_a_checkpoint_after_fitting_tests_its_average(tmp_path):
     path = tmp_path / "checkpoints" / "epoch=0-step=4.ckpt"
     seen = []
     module.test_step = lambda batch, batch_idx: seen.append(module.layer.weight.detach().clone())
-    trainer.test(module, _loader(), ckpt_path=str(path), weights_only=False, verbose=False)
+    trainer.test(module, _loader(), ckpt_path=str(path), weights_only=True, verbose=False)
     torch.testing.assert_close(seen[0], _by_formula(steps.weights[:4], 0.9, 3.0))
