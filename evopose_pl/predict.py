@@ -28,15 +28,14 @@ import torch
 
 from evopose_pl.checkpoint import CheckpointError, checkpoint_label, first_sentence, load_checkpoint
 from evopose_pl.data.coco import read_detections
-from evopose_pl.data.heatmaps import to_image
 from evopose_pl.data.mpii import MpiiAnnotations
 from evopose_pl.data.transforms import box_to_center_scale, crop_matrix, warp
-from evopose_pl.data.whole_image import letterbox_matrix
+from evopose_pl.data.whole_image import letterbox
 from evopose_pl.evaluation import results_records
 from evopose_pl.files import read_json
 from evopose_pl.module import PoseModule, checkpoint_codec, keypoint_set
 from evopose_pl.nets import from_description
-from evopose_pl.single_stage import PAD_VALUE, SingleStageModule, image_boxes, module_class
+from evopose_pl.single_stage import SingleStageModule, in_image, module_class
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RESULTS_FILE = "keypoints_results.json"
@@ -120,22 +119,18 @@ def predict_image(
 
 @torch.no_grad()
 def detect_people(module: SingleStageModule, image: np.ndarray) -> list[Person]:
-    """Every person a single-stage network finds in a BGR image, letterboxed to its input size."""
-    height, width = module.input_size
-    matrix = letterbox_matrix(image.shape[:2], module.input_size)
-    letterboxed = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                                 borderValue=(PAD_VALUE,) * 3)  # fmt: skip
+    """Every person a single-stage network finds in a BGR image, letterboxed to its input size as its test
+    split was."""
+    letterboxed, matrix = letterbox(image, module.input_size)
     images = torch.from_numpy(cv2.cvtColor(letterboxed, cv2.COLOR_BGR2RGB).transpose(2, 0, 1).copy())
-    people = module.detect(images[None].to(module.device))[0]
-    affine = torch.from_numpy(matrix.astype(np.float32)).to(module.device)
-    keypoints = to_image(people.keypoints.float().reshape(1, -1, 2), affine[None]).view_as(people.keypoints)
-    boxes = image_boxes(people, affine).cpu().numpy()
+    people = in_image(module.detect(images[None].to(module.device))[0], torch.from_numpy(matrix).to(module.device))
     return [
         Person((x1, y1, x2 - x1, y2 - y1), float(score), xy, kp, float(score))
         for (x1, y1, x2, y2), score, xy, kp in zip(
-            boxes.tolist(), people.scores.cpu().numpy(), keypoints.cpu().numpy(), people.keypoint_scores.cpu().numpy()
+            people.boxes.cpu().numpy().tolist(), people.scores.cpu().numpy(), people.keypoints.cpu().numpy(),
+            people.keypoint_scores.cpu().numpy(),
         )
-    ]
+    ]  # fmt: skip
 
 
 def render(

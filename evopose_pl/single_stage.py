@@ -10,13 +10,9 @@ import torch.nn.functional as F
 from evopose_pl.codecs import Codec
 from evopose_pl.codecs.kapao import Candidates, KapaoCodec, People
 from evopose_pl.data.heatmaps import to_image
+from evopose_pl.data.whole_image import PAD_VALUE, STRIDE
 from evopose_pl.module import PoseModule
 from evopose_pl.nets import deployed
-
-#: The grey whole images are padded with (as the letterbox pads them).
-PAD_VALUE = 114.0
-#: Inputs are padded to a multiple of the detector's coarsest stride.
-INPUT_MULTIPLE = 64
 
 
 class SingleStageModule(PoseModule):
@@ -45,9 +41,9 @@ class SingleStageModule(PoseModule):
                     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
                 if flip:
                     x = x.flip(-1)
-                padded = [-(-s // INPUT_MULTIPLE) * INPUT_MULTIPLE for s in size]
+                padded = [-(-s // STRIDE) * STRIDE for s in size]
                 x = F.pad(x, (0, padded[1] - size[1], 0, padded[0] - size[0]), value=PAD_VALUE)
-                candidates = self.codec.candidates(self(x), padded)
+                candidates = self.codec.candidates(self(x))
                 if flip:
                     candidates = candidates.mirrored(size[1], self.flip_index)
                 found.append(candidates.scaled(size[1] / width, size[0] / height))
@@ -57,13 +53,11 @@ class SingleStageModule(PoseModule):
         for people, image_id, affine in zip(self.detect(batch["image"]), batch["image_id"], batch["affine"]):
             if not len(people):
                 continue
-            keypoints = to_image(people.keypoints.float().reshape(1, -1, 2), affine[None].float()).view_as(
-                people.keypoints
-            )
+            people = in_image(people, affine)
             self._records.extend(
                 self.metric.records(
                     {"image_id": [int(image_id)] * len(people)},
-                    keypoints.cpu().numpy(),
+                    people.keypoints.cpu().numpy(),
                     people.keypoint_scores.float().cpu().numpy(),
                     people.scores.float().cpu().numpy(),
                 )
@@ -75,7 +69,10 @@ def module_class(codec: Codec) -> type[PoseModule]:
     return SingleStageModule if codec.layout == "whole_image" else PoseModule
 
 
-def image_boxes(people: People, affine: torch.Tensor) -> torch.Tensor:
-    """People's boxes (n, 4) x1 y1 x2 y2 mapped from the input back to the image through its (2, 3) affine."""
-    corners = people.boxes.float().reshape(1, -1, 2)
-    return to_image(corners, affine[None].float()).reshape(-1, 4)
+def in_image(people: People, affine: torch.Tensor) -> People:
+    """People found in the input, their boxes and keypoints mapped back to the image through its (2, 3)
+    image -> input affine (the letterbox)."""
+    matrix = affine[None].float()
+    corners = to_image(people.boxes.float().reshape(1, -1, 2), matrix).reshape(-1, 4)
+    keypoints = to_image(people.keypoints.float().reshape(1, -1, 2), matrix).view_as(people.keypoints)
+    return People(corners, people.scores, keypoints, people.keypoint_scores)

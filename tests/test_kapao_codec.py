@@ -57,7 +57,7 @@ def test_the_mirrored_pass_maps_back_onto_the_unmirrored_image():
     mirrored[:, [2, 4]] = width - 1 - targets[:, [4, 2]]
     points = mirrored[:, 6:].view(-1, K, 3)
     points[..., 0] = torch.where(points[..., 2] > 0, width - 1 - points[..., 0], points[..., 0])
-    candidates = codec.candidates(codec.encode(mirrored, 2, INPUT), INPUT).mirrored(width, flip_index)
+    candidates = codec.candidates(codec.encode(mirrored, 2, INPUT)).mirrored(width, flip_index)
     direct = codec.detect(codec.encode(targets, 2, INPUT), INPUT)
     for people, reference in zip(codec.people(candidates, INPUT), direct):
         a, b = people.boxes[:, 0].argsort(), reference.boxes[:, 0].argsort()

@@ -20,6 +20,7 @@ from evopose_pl.data.whole_image import (
     collate_objects,
     draw_objects,
     hsv_jitter,
+    letterbox,
     letterbox_matrix,
     object_labels,
 )
@@ -421,6 +422,17 @@ def test_missing_image_is_named(synthetic, tmp_path):
 
 
 # --- the picture -----------------------------------------------------------------------------------------------
+
+
+def test_letterbox_of_an_image_is_the_unaugmented_sample(coco_sample):
+    """predict letterboxes a user's image exactly as the test split's samples are (pixels and matrix)."""
+    coco = CocoKeypoints(coco_sample / "test_coco.json", coco_sample)
+    dataset = WholeImageDataset(coco, (256, 320))
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        image, matrix = letterbox(cv2.imread(str(dataset.image_path(index))), (256, 320))
+        np.testing.assert_array_equal(cv2.cvtColor(image, cv2.COLOR_BGR2RGB).transpose(2, 0, 1), sample["image"])
+        np.testing.assert_allclose(matrix, sample["affine"].numpy(), atol=1e-6)
 
 
 def test_picture_of_labels_through_every_transform(annotations, coco_sample):

@@ -309,7 +309,7 @@ class KapaoCodec(Codec):
         predicted = (p[:, 6 + k :].view(-1, k, 2) * 4 - 2) * anchors[:, None, :]
         return torch.linalg.vector_norm(predicted - target, dim=-1)[visible].mean()
 
-    def candidates(self, outputs: Outputs, input_size: Sequence[int] | None = None) -> Candidates:
+    def candidates(self, outputs: Outputs) -> Candidates:
         """Every anchor decoded (SPEC-KAPAO section 2): box centre (2s - 0.5 + g) x stride, size (2s)^2 x anchor,
         keypoints (4s - 2) x anchor + g x stride, confidence objectness x the best class's probability."""
         levels, k = self.levels(outputs)
@@ -370,7 +370,7 @@ class KapaoCodec(Codec):
 
     def detect(self, outputs: Outputs, input_size: Sequence[int]) -> list[People]:
         """Each image's people from one pass of the network (no test-time augmentation)."""
-        return self.people(self.candidates(outputs, input_size), input_size)
+        return self.people(self.candidates(outputs), input_size)
 
     def encode(self, targets: torch.Tensor, batch_size: int, input_size: Sequence[int]) -> tuple[torch.Tensor, ...]:
         """The raw outputs a perfect network would give for ``targets`` (N, 6 + 3K): each label at the anchor

@@ -66,6 +66,23 @@ def letterbox_matrix(image_size: tuple[int, int], input_size: tuple[int, int]) -
     return _placement(image_size, (nh, nw), ((input_size[1] - nw) // 2, (input_size[0] - nh) // 2))
 
 
+def letterbox(image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """An image (H, W, 3) letterboxed to the input as an unaugmented sample is (``predict`` feeds a network
+    whole images this way), and its image -> input matrix."""
+    height, width = input_size
+    nh, nw = _fit(image.shape[:2], input_size)
+    ox, oy = (width - nw) // 2, (height - nh) // 2
+    matrix = letterbox_matrix(image.shape[:2], input_size)
+    shifted = matrix.copy()
+    shifted[:, 2] -= (ox, oy)
+    canvas = np.full((height, width, 3), PAD_VALUE, np.uint8)
+    # Replicated borders, as ``WholeImageDataset.render``: an edge pixel samples at most half a pixel outside.
+    canvas[oy : oy + nh, ox : ox + nw] = cv2.warpAffine(
+        image, shifted, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return canvas, matrix
+
+
 def object_labels(
     boxes: np.ndarray, keypoints: np.ndarray, input_size: tuple[int, int], keypoint_box: float = 0.05
 ) -> np.ndarray:
