@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from callbacks import ArchitectureMonitor, ExponentialMovingAverage
+from evopose_pl.allocator import retain_freed_memory
 from evopose_pl.architecture_search import (
     ArchitectureSplit,
     DartsModule,
@@ -116,6 +117,16 @@ class Session:
         return record
 
 
+def retain_memory(cfg: DictConfig) -> None:
+    """With ``retain_freed_memory``, keep freed host memory in the process rather than mapping large blocks
+    afresh each training step (``evopose_pl.allocator``: a sixth of a CPU training step)."""
+    setting = cfg.get("retain_freed_memory", False)
+    if not isinstance(setting, bool):
+        raise ConfigError(f"retain_freed_memory={setting!r}: must be true or false")
+    if setting and not retain_freed_memory():
+        log.info("retain_freed_memory=true: this C library's malloc is not glibc's; its own policy stands")
+
+
 def share_cores(cfg: DictConfig) -> None:
     """Use ``cfg.threads`` CPU threads in torch and OpenCV, and at most as many loader workers: a child
     running beside others keeps to its share of the cores rather than contending for all of them."""
@@ -172,6 +183,7 @@ def build(cfg: DictConfig) -> Session:
     composing them (the codec's layout chooses it), callbacks (with the recipe's weight average), loggers and
     trainer."""
     share_cores(cfg)
+    retain_memory(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     codec = instantiate(cfg.codec)
     datamodule = instantiate(cfg.data, layout=codec.layout)

@@ -6,8 +6,11 @@
     python bench/model_speed.py --models efficientpose_rt efficientpose_i evopose2d_xs evopose2d_s \\
         --sizes 256x256 --variants fp32 channels_last+bf16    # the MPII trade-off
 
-``--variants onnxruntime`` times inference alone: the deployed network exported to ONNX and run by
-onnxruntime (the ``latency.runtime=onnxruntime`` path), fp32, with torch's CPU threads.
+``--variants onnxruntime openvino`` time inference alone: the deployed network exported to ONNX and run by
+onnxruntime (fp32) or OpenVINO (bf16 where the CPU has it natively), with torch's CPU threads, as ``predict`` and
+the latency objective run it (``evopose_pl.runtimes``). ``retain`` keeps freed host memory for the next step
+(``evopose_pl.allocator``, train.py's default); variants without it run with glibc's own policy. Each variant
+runs in a fresh process, so that none inherits another's allocator settings or heap.
 
 A training step is what the LightningModule does per batch: normalise uint8 crops, forward, the
 system's codec (Gaussian heatmaps and masked MSE; EfficientPose's confidence maps and PAFs on every
@@ -19,24 +22,25 @@ measured in one run (this machine is noisy).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import torch
 from common import machine
 
+from evopose_pl.allocator import retain_freed_memory  # noqa: E402
 from evopose_pl.codecs import Codec, ConfidenceMapCodec, HeatmapCodec  # noqa: E402
-from evopose_pl.data.coco import KeypointInfo  # noqa: E402
-from evopose_pl.latency import onnxruntime_runner  # noqa: E402
-from evopose_pl.module import IMAGENET_MEAN, IMAGENET_STD, PoseModule  # noqa: E402
+from evopose_pl.module import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from evopose_pl.nets import EFFICIENTPOSE_VARIANTS, build_model, count_parameters, deployed  # noqa: E402
+from evopose_pl.runtimes import ExportedNetwork  # noqa: E402
 
-OPTIONS = ("channels_last", "bf16", "compile")  # a variant is fp32, onnxruntime, or options joined by "+"
-#: Inference only: the deployed network exported to ONNX (fp32) and run by onnxruntime with torch's threads.
-ONNXRUNTIME = "onnxruntime"
+OPTIONS = ("channels_last", "bf16", "compile", "retain")  # a variant is fp32, a runtime, or options joined by "+"
+#: Inference only: the deployed network exported to ONNX and run by these runtimes with torch's threads.
+RUNTIMES = ("onnxruntime", "openvino")
 #: The reference TensorFlow implementation's EvoPose2D-S at 256x192, batch 32, on a quiet machine of this type
 #: (2 cores, 2 threads; median of 5 steps after 2 warm-ups): (training step s, inference s), each a range.
 REFERENCE = {
@@ -70,10 +74,13 @@ def system(name: str) -> tuple[int, Codec]:
 
 class Workload:
     """One model's training step and inference on a fixed batch, in a variant: the phases apart (forward
-    with the codec's loss, backward, optimiser step), so that ``profile_step.py`` can time them one by one."""
+    with the codec's loss, backward, optimiser step), so that ``profile_step.py`` can time them one by one.
+    ``retain`` keeps freed memory for the rest of the process."""
 
     def __init__(self, name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device) -> None:
         parts = set(variant.split("+"))
+        if "retain" in parts:  # for the rest of the process
+            retain_freed_memory()
         num_keypoints, self.codec = system(name)
         self.size = size
         self.net = build_model(name, num_keypoints=num_keypoints).to(device)
@@ -115,28 +122,80 @@ class Workload:
             self.model(self.inputs())
 
 
-def onnxruntime_inference(work: Workload, device: torch.device, directory: Path) -> Callable[[], None]:
-    """The workload's network as the latency objective runs it with ``latency.runtime=onnxruntime``."""
-    names = tuple(f"keypoint_{i}" for i in range(work.keypoints.shape[1]))
-    module = PoseModule(work.net, work.codec, None, KeypointInfo(names), work.size, channels_last=False).eval()
-    run = onnxruntime_runner(module, device.type, directory)
-    images = work.images.float().cpu()
-    return lambda: run(images)
-
-
 def measure(name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device, warmup: int,
             repeats: int) -> tuple[float | None, float]:  # fmt: skip
-    """(training-step seconds, inference seconds) per batch; no training step for onnxruntime."""
-    if variant == ONNXRUNTIME:
+    """(training-step seconds, inference seconds) per batch; no training step for the ONNX runtimes."""
+    if variant in RUNTIMES:
         work = Workload(name, size, batch, "fp32", device)
-        with tempfile.TemporaryDirectory() as tmp:
-            return None, _timed(onnxruntime_inference(work, device, Path(tmp)), torch.device("cpu"), warmup, repeats)
+        network = ExportedNetwork(work.net, variant, device.type, size, whole_image=False)
+        images = work.inputs()
+        return None, _timed(lambda: network(images), torch.device("cpu"), warmup, repeats)
     work = Workload(name, size, batch, variant, device)
     work.net.train()
     train = _timed(work.train_step, device, warmup, repeats)
     work.net.eval()
     inference = _timed(work.infer, device, warmup, repeats)
     return train, inference
+
+
+def measure_apart(name: str, size: tuple[int, int], batch: int, variant: str, device: torch.device, warmup: int,
+                  repeats: int) -> tuple[float | None, float]:  # fmt: skip
+    """``measure`` in a fresh process with this one's threads (the allocator's settings are a process's)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure_with_threads, (torch.get_num_threads(), name, size, batch, variant, str(device),
+                                                  warmup, repeats))  # fmt: skip
+
+
+def _measure_with_threads(threads: int, name: str, size: tuple[int, int], batch: int, variant: str, device: str,
+                          warmup: int, repeats: int) -> tuple[float | None, float]:  # fmt: skip
+    torch.set_num_threads(threads)
+    return measure(name, size, batch, variant, torch.device(device), warmup, repeats)
+
+
+def _concurrent_steps(name: str, size: tuple[int, int], batch: int, variant: str, threads: int, warmup: int,
+                      steps: int, barrier: Any) -> float:  # fmt: skip
+    """One of several concurrent training processes: ``threads`` CPU threads, warm-up, then (all started together)
+    the seconds ``steps`` training steps take."""
+    torch.set_num_threads(threads)
+    work = Workload(name, size, batch, variant, torch.device("cpu"))
+    work.net.train()
+    for _ in range(warmup):
+        work.train_step()
+    barrier.wait()
+    start = time.perf_counter()
+    for _ in range(steps):
+        work.train_step()
+    return time.perf_counter() - start
+
+
+def concurrent_throughput(name: str, size: tuple[int, int], batch: int, variant: str, processes: int, threads: int,
+                          warmup: int, steps: int) -> float:  # fmt: skip
+    """Training images per second of ``processes`` processes training at once with ``threads`` threads each: all
+    their images over the time from their common start to the last one's end."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        barrier = manager.Barrier(processes)
+        jobs = [(name, size, batch, variant, threads, warmup, steps, barrier)] * processes
+        seconds = pool.starmap(_concurrent_steps, jobs)
+    return processes * steps * batch / max(seconds)
+
+
+def print_concurrent(name: str, size_text: str, batch: int, variant: str, processes: int, warmup: int,
+                     steps: int) -> None:  # fmt: skip
+    """Aggregate training throughput of one process with every core against ``processes`` at once, each with its
+    share of the cores (what the evolution launcher gives children) or with every core (oversubscribed)."""
+    cores = os.cpu_count() or 1
+    size = tuple(int(v) for v in size_text.lower().split("x"))
+    settings = [(1, cores), (processes, max(1, cores // processes)), (processes, cores)]
+    print(f"\n| {name}, {size_text}, batch {batch}, {variant}: training at once | threads each | "
+          "aggregate img/s | vs one process |")  # fmt: skip
+    print("|---|---|---|---|")
+    alone = None
+    for count, threads in settings:
+        rate = concurrent_throughput(name, size, batch, variant, count, threads, warmup, steps)
+        alone = alone or rate
+        label = "1 process" if count == 1 else f"{count} processes" + (", oversubscribed" if threads == cores else "")
+        print(f"| {label} | {threads} | {rate:.2f} | {rate / alone:.2f}x |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[32])
     parser.add_argument(
         "--variants", nargs="+", default=["fp32", "channels_last", "bf16", "channels_last+bf16"],
-        help=f"fp32, {ONNXRUNTIME} (inference only), or any of {', '.join(OPTIONS)} joined by '+'",
+        help=f"fp32, {' or '.join(RUNTIMES)} (inference only), or any of {', '.join(OPTIONS)} joined by '+'",
     )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -155,11 +214,23 @@ def main(argv: list[str] | None = None) -> None:
         "--against-reference", action="store_true",
         help="after the table, each variant of EvoPose2D-S at 256x192, batch 32 against the reference TF figures",
     )  # fmt: skip
+    parser.add_argument(
+        "--concurrent", type=int, default=0, metavar="N",
+        help="then N training processes at once against one (the first model, size, batch and last training "
+        "variant; CPU): aggregate images per second by threads per process",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     for variant in args.variants:
-        if variant not in ("fp32", ONNXRUNTIME) and not set(variant.split("+")) <= set(OPTIONS):
-            parser.error(f"--variants: {variant!r} is not fp32 or a '+'-joined combination of {', '.join(OPTIONS)}")
+        if variant not in ("fp32", *RUNTIMES) and not set(variant.split("+")) <= set(OPTIONS):
+            parser.error(
+                f"--variants: {variant!r} is not fp32, {', '.join(RUNTIMES)} or a '+'-joined combination of "
+                f"{', '.join(OPTIONS)}"
+            )
     device = torch.device(args.device)
+    if device.type != "cpu" and args.concurrent:
+        parser.error(f"--concurrent: training processes sharing the CPU's cores, not on --device {device}")
+    if device.type != "cpu" and "openvino" in args.variants:
+        parser.error(f"--variants openvino: OpenVINO runs networks on the CPU here, not on --device {device}")
     variants = ["fp32", *[v for v in args.variants if v != "fp32"]]  # the reference for the ratios first
     print(f"# model speed on {machine()}, device {device}")
     print("| model | params | input | batch | variant | train step s | ratio | inference s | ratio | train img/s |")
@@ -172,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
             for batch in args.batches:
                 reference = None
                 for variant in variants:
-                    train, infer = measure(name, size, batch, variant, device, args.warmup, args.repeats)
+                    train, infer = measure_apart(name, size, batch, variant, device, args.warmup, args.repeats)
                     reference = reference or (train, infer)
                     if (name, size_text, batch) == REFERENCE_CASE:
                         measured[variant] = (train, infer)
@@ -185,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
                     )
     if args.against_reference:
         print_against_reference(measured)
+    if args.concurrent:
+        trained = [v for v in variants if v not in RUNTIMES]
+        print_concurrent(args.models[0], args.sizes[0], args.batches[0], trained[-1], args.concurrent, args.warmup,
+                         args.repeats)  # fmt: skip
 
 
 def _against(ours: float, low: float, high: float) -> str:

@@ -1,7 +1,7 @@
 """Where a training step's time goes: torch's profiler over the forward pass (with the codec's loss), the
 backward pass and the optimiser step, each apart, operator by operator.
 
-    python bench/profile_step.py                                          # EvoPose2D-S, 256x192, batch 32
+    python bench/profile_step.py               # EvoPose2D-S, 256x192, batch 32, train.py's CPU defaults
     python bench/profile_step.py --model evopose2d_s --size 64x48 --variant channels_last --top 12
 
 Each phase prints its median wall time per step and the operators taking most of its own time (self CPU
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="evopose2d_s")
     parser.add_argument("--size", default="256x192", help="HxW")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--variant", default="channels_last+bf16", help=f"fp32, or {', '.join(OPTIONS)} joined by '+'")
+    parser.add_argument(
+        "--variant", default="channels_last+bf16+retain", help=f"fp32, or {', '.join(OPTIONS)} joined by '+'"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=15, help="operators listed per phase")

@@ -28,66 +28,29 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from evopose_pl.codecs import named_outputs
 from evopose_pl.module import PoseModule
 from evopose_pl.nets import deployed
 from evopose_pl.predict import load_pose_module, parse_overrides
+from evopose_pl.runtimes import export_graph
 
 FORMATS = ("onnx",)
 
 
-class _Outputs(nn.Module):
-    """The exported graph: normalisation and network, its outputs as a tuple; no flip test or decoding."""
-
-    def __init__(self, module: PoseModule) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(named_outputs(self.module(images)).values())
-
-
 def export_onnx(module: PoseModule, output: str | os.PathLike, opset: int = 17) -> Path:
-    """Write ``module``'s network as one ONNX file with a dynamic batch dimension."""
+    """Write ``module``'s network, with the normalisation, as one ONNX file with a dynamic batch dimension."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     height, width = module.input_size
-    example = torch.rand(2, 3, height, width) * 255
-    graph = _Outputs(module.cpu()).eval()  # the wrapper too: the exporter restores its mode afterwards
-    # The TorchScript exporter: torch.export (dynamo=True) resolves parameters by attribute, and the
-    # decoder's ``modules`` layer name is shadowed by nn.Module.modules(), the method.
-    with deployed(module.net), warnings.catch_warnings():
-        with torch.no_grad():
-            names = list(named_outputs(module(example)))
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        torch.onnx.export(
-            graph,
-            (example,),
-            output,
-            dynamo=False,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=names,
-            dynamic_axes=_dynamic_axes(names, module.codec.layout == "whole_image"),
-        )
+    with deployed(module.net):
+        export_graph(module.cpu(), torch.rand(2, 3, height, width) * 255, output, module.codec.layout == "whole_image",
+                     opset)  # fmt: skip
     describe_model(output, module)
     return output
-
-
-def _dynamic_axes(names: Sequence[str], whole_image: bool) -> dict[str, dict[int, str]]:
-    """The batch is dynamic; for whole images (KAPAO), the height and width too."""
-    if not whole_image:
-        return {name: {0: "batch"} for name in ["images", *names]}
-    axes = {"images": {0: "batch", 2: "height", 3: "width"}}
-    axes.update({name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names})
-    return axes
 
 
 def describe_model(path: Path, module: PoseModule) -> None:

@@ -1,6 +1,7 @@
 """A network's measured speed on the hardware it will run on: median milliseconds per image at batch 1 and
-images per second at a throughput batch, on a device (``cpu``, ``cuda``) and runtime (``torch``,
-``onnxruntime``), after warm-up; cached per architecture, input size, device, runtime and machine.
+images per second at a throughput batch, on a device (``cpu``, ``cuda``) and runtime (``evopose_pl.runtimes``:
+``auto``, the fastest installed for the device, or ``torch``, ``onnxruntime``, ``openvino``), after warm-up;
+cached per architecture, input size, device, runtime and machine.
 
 Parameters and FLOPs do not see what makes a network slow on real hardware (depthwise convolutions,
 squeeze-excitation, memory traffic): the search's latency objective (``fitness=latency``, ``objectives``)
@@ -11,11 +12,11 @@ uses this instead. The weights do not change the time, so a network measured onc
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,10 +27,10 @@ import torch
 
 from evopose_pl.files import FileFormatError, read_json, write_json_atomic
 from evopose_pl.module import PoseModule
-from evopose_pl.nets import deployed, describe
+from evopose_pl.nets import describe
+from evopose_pl.runtimes import AUTO, RUNTIMES, inference_network, precision, resolve_runtime
 
 DEVICES = ("cpu", "cuda")
-RUNTIMES = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class LatencySettings:
     """How to measure: where, with what, and how long (``latency.*`` of evolve.py)."""
 
     device: str = "cpu"
-    runtime: str = "torch"
+    runtime: str = AUTO
     throughput_batch: int = 32
     warmup: int = 5
     repeats: int = 20
@@ -45,13 +46,17 @@ class LatencySettings:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"latency.device={self.device!r}: must be one of {', '.join(DEVICES)}")
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"latency.runtime={self.runtime!r}: must be one of {', '.join(RUNTIMES)}")
+        if self.runtime not in (AUTO, *RUNTIMES):
+            raise ValueError(f"latency.runtime={self.runtime!r}: must be one of {AUTO}, {', '.join(RUNTIMES)}")
         for name in ("throughput_batch", "repeats"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"latency.{name}={getattr(self, name)!r}: must be a whole number >= 1")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"latency.warmup={self.warmup!r}: must be a whole number >= 0")
+
+    def resolved_runtime(self) -> str:
+        """The runtime that runs the network (``auto``: the fastest installed for the device)."""
+        return resolve_runtime(self.runtime, self.device, "latency.runtime")
 
 
 @dataclass(frozen=True)
@@ -90,55 +95,30 @@ def _median_seconds(step: Callable[[], Any], synchronise: Callable[[], None], wa
     return statistics.median(times)
 
 
-def _torch_runner(module: PoseModule, device: str) -> tuple[Callable[[torch.Tensor], Any], Callable[[], None]]:
-    """The deployed network in eager PyTorch (bf16 autocast on CUDA, as it trains there), and a synchroniser."""
-    module = module.to(device).eval()
-
-    def run(images: torch.Tensor) -> Any:
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            return module(images)
-
-    return run, (torch.cuda.synchronize if device == "cuda" else (lambda: None))
-
-
-def onnxruntime_runner(module: PoseModule, device: str, directory: Path) -> Callable[[torch.Tensor], Any]:
-    """The deployed network exported to ONNX and run by onnxruntime with this process's CPU threads (or CUDA)."""
-    import onnxruntime
-
-    from evopose_pl.export import export_onnx
-
-    path = export_onnx(module, directory / "latency.onnx")
-    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    if provider not in onnxruntime.get_available_providers():
-        raise ValueError(f"latency.runtime=onnxruntime latency.device={device}: onnxruntime here lacks {provider}")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=[provider])
-    name = session.get_inputs()[0].name
-    return lambda images: session.run(None, {name: images.numpy()})
-
-
 def measure_latency(module: PoseModule, settings: LatencySettings) -> Latency:
-    """Time the deployed network (no flip test, no decoding) on random crops of its input size."""
+    """Time the deployed network (no flip test, no decoding) on random crops of its input size, normalised as
+    the module does, in the settings' runtime."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("latency.device=cuda: this machine has no CUDA device")
+    runtime = settings.resolved_runtime()
     height, width = module.input_size
-    device = "cpu" if settings.runtime == "onnxruntime" and settings.device == "cpu" else settings.device
-    with deployed(module.net), tempfile.TemporaryDirectory() as tmp:
-        if settings.runtime == "onnxruntime":
-            run, synchronise = onnxruntime_runner(module, settings.device, Path(tmp)), (lambda: None)
-            tensor_device = "cpu"  # onnxruntime takes host arrays
-        else:
-            run, synchronise = _torch_runner(module, device)
-            tensor_device = device
-        single = torch.rand(1, 3, height, width, device=tensor_device) * 255
-        batch = torch.rand(settings.throughput_batch, 3, height, width, device=tensor_device) * 255
-        one = _median_seconds(lambda: run(single), synchronise, settings.warmup, settings.repeats)
-        many = _median_seconds(lambda: run(batch), synchronise, settings.warmup, settings.repeats)
+    network = inference_network(module, runtime, settings.device)
+    tensor_device = settings.device if runtime == "torch" else "cpu"  # the ONNX runtimes take host arrays
+    module.to(tensor_device)
+    synchronise = torch.cuda.synchronize if tensor_device == "cuda" else (lambda: None)
+
+    def run(images: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            return network(module.normalise(images))
+
+    single = torch.rand(1, 3, height, width, device=tensor_device) * 255
+    batch = torch.rand(settings.throughput_batch, 3, height, width, device=tensor_device) * 255
+    one = _median_seconds(lambda: run(single), synchronise, settings.warmup, settings.repeats)
+    many = _median_seconds(lambda: run(batch), synchronise, settings.warmup, settings.repeats)
     return Latency(
         ms=1000 * one,
         throughput=settings.throughput_batch / many,
-        device=f"{machine(settings.device)}, {settings.runtime}",
+        device=f"{machine(settings.device)}, {runtime} {precision(runtime, settings.device)}",
     )
 
 
@@ -155,13 +135,15 @@ class LatencyCache:
             network: Any = describe(module.net)
         except TypeError:  # a network of the user's own: its layers as printed
             network = repr(module.net)
+        runtime = settings.resolved_runtime()
         identity = {
             "network": network,
             "input_size": list(module.input_size),
-            "settings": asdict(settings),
+            "settings": {**asdict(settings), "runtime": runtime},
+            "precision": precision(runtime, settings.device),
             "machine": machine(settings.device),
             "torch": torch.__version__,
-            "onnxruntime": _onnxruntime_version() if settings.runtime == "onnxruntime" else None,
+            runtime: _version(runtime),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -183,7 +165,5 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
 
 
-def _onnxruntime_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
+def _version(runtime: str) -> str:
+    return importlib.import_module(runtime).__version__

@@ -1,7 +1,8 @@
 """Pose estimation on your images with a trained checkpoint.
 
     python -m evopose_pl.predict ckpt=best.ckpt images=photos/ [detections=boxes.json] [output=predictions]
-                                 [flip_test=true] [device=cpu|cuda] [box_threshold=0.0] [batch_size=32]
+                                 [flip_test=true] [device=cpu|cuda] [runtime=auto|torch|onnxruntime|openvino]
+                                 [box_threshold=0.0] [batch_size=32]
 
 A top-down network's people are cropped from the detections file's boxes (COCO results format; an image's
 id is its file name's number, as in COCO: ``000000397133.jpg`` is 397133), or from an MPII annotation file's
@@ -11,6 +12,10 @@ detections file, and its test-time augmentation is its codec's (``flip_test`` is
 Writes ``keypoints_results.json`` (COCO results format) and each image with the skeleton and the
 keypoint scores drawn. The network, its input size and its keypoint set (names, flip pairs,
 skeleton) come from the checkpoint, so COCO, MPII or any COCO-format keypoint set works.
+
+The network runs in ``runtime``: ``auto`` (the default) takes the fastest installed for the device, OpenVINO on
+the CPU (bf16 where the CPU has it natively; ``pip install -e ".[onnx]"``) and eager PyTorch with bf16 autocast
+on CUDA (``evopose_pl.runtimes``); ``runtime=torch`` keeps PyTorch on the CPU too.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from evopose_pl.evaluation import results_records
 from evopose_pl.files import read_json
 from evopose_pl.module import PoseModule, checkpoint_codec, keypoint_set
 from evopose_pl.nets import from_description
+from evopose_pl.runtimes import AUTO, inference_network, precision, resolve_runtime
 from evopose_pl.single_stage import SingleStageModule, in_image, module_class
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -192,10 +198,13 @@ def run(
     device: str | None = None,
     box_threshold: float = 0.0,
     batch_size: int = 32,
+    runtime: str = AUTO,
 ) -> Path:
-    """Predict every image; returns the results file. Keypoints are drawn above the checkpoint's codec's
-    keypoint threshold; detections below ``box_threshold`` are left out."""
+    """Predict every image with the network in ``runtime`` (``evopose_pl.runtimes``); returns the results file.
+    Keypoints are drawn above the checkpoint's codec's keypoint threshold; detections below ``box_threshold`` are
+    left out."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    runtime = resolve_runtime(runtime, device)
     module = load_pose_module(ckpt, device, flip_test)
     single_stage = isinstance(module, SingleStageModule)
     if single_stage and detections is not None:
@@ -204,6 +213,9 @@ def run(
             "images: drop detections="
         )
     paths = find_images(images)
+    module.net = inference_network(module, runtime, device)
+    module.to(device if runtime == "torch" else "cpu")  # the ONNX runtimes take host arrays
+    print(f"{checkpoint_label('ckpt=', ckpt)}: {runtime} ({precision(runtime, device)}) on {device}")
     ids = {image_id(p, i): p for i, p in enumerate(paths)}
     boxes = {} if detections is None else read_boxes(detections, images, box_threshold, ids)
     out = Path(output)
@@ -263,7 +275,7 @@ def parse_overrides(argv: Sequence[str], defaults: dict[str, object]) -> dict[st
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     defaults = {"ckpt": "", "images": "", "detections": "", "output": "predictions", "flip_test": True,
-                "device": "", "box_threshold": 0.0, "batch_size": 32}  # fmt: skip
+                "device": "", "box_threshold": 0.0, "batch_size": 32, "runtime": AUTO}  # fmt: skip
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return

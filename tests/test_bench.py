@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -60,12 +61,28 @@ def test_model_speed_prints_every_variant_with_its_ratio(root):
         assert _quotient_matches(float(row[9]), 2, train, 0, 0.001, 0.1), row  # images per second of training
 
 
-def test_model_speed_times_onnxruntime_inference_against_the_same_fp32_network(root):
+def test_model_speed_times_the_onnx_runtimes_inference_against_the_same_fp32_network(root):
     out = _bench(root, "bench/model_speed.py", "--sizes", "64x48", "--batches", "2", "--repeats", "1",
-                 "--warmup", "1", "--variants", "onnxruntime")  # fmt: skip
-    reference, onnx = _table(out, "evopose2d_s")
-    assert onnx[4] == "onnxruntime" and onnx[5:7] == ["n/a", "n/a"] and onnx[9] == "n/a"  # inference only
-    assert _quotient_matches(float(onnx[8].rstrip("x")), float(reference[7]), float(onnx[7]), 0.001, 0.001, 0.01)
+                 "--warmup", "1", "--variants", "onnxruntime", "openvino")  # fmt: skip
+    reference, *exported = _table(out, "evopose2d_s")
+    assert [row[4] for row in exported] == ["onnxruntime", "openvino"]
+    for row in exported:
+        assert row[5:7] == ["n/a", "n/a"] and row[9] == "n/a"  # inference only
+        assert _quotient_matches(float(row[8].rstrip("x")), float(reference[7]), float(row[7]), 0.001, 0.001, 0.01)
+
+
+def test_model_speed_compares_concurrent_training_processes_by_threads_each(root):
+    out = _bench(root, "bench/model_speed.py", "--sizes", "64x48", "--batches", "2", "--repeats", "2",
+                 "--warmup", "1", "--variants", "channels_last+retain", "--concurrent", "2")  # fmt: skip
+    rows = _table(out, "1 process") + _table(out, "2 processes")
+    cores = os.cpu_count()
+    assert [row[:2] for row in rows] == [
+        ["1 process", str(cores)], ["2 processes", str(max(1, cores // 2))], ["2 processes, oversubscribed", str(cores)]
+    ]  # fmt: skip
+    alone = float(rows[0][2])
+    assert alone > 0 and rows[0][3] == "1.00x"
+    for row in rows[1:]:
+        assert _quotient_matches(float(row[3].rstrip("x")), float(row[2]), alone, 0.01, 0.01, 0.01), row
 
 
 def test_profile_step_splits_a_training_step_into_its_phases_and_operators(root):

@@ -17,6 +17,7 @@ import pytest
 from evopose_pl.evolution import COMPLETED, FAILED, load_state
 from evopose_pl.predict import load_pose_module
 from evopose_pl.report import CSV_FILE, FITNESS_FILE, PARETO_FILE
+from evopose_pl.runtimes import fastest_runtime, precision
 
 FAIL = [
     "+callbacks.fail._target_=tests.failing.FailIndividuals",
@@ -343,7 +344,14 @@ def test_submitit_local_runs_a_generation(tmp_path, evolve):
         ("trainer.max_epochs=7", "trainer.max_epochs=7: the search sets it for each child from epochs="),
         ("strategy=annealing", "strategy='annealing': must be one of mu_plus_lambda, regularized, random"),
         ("objectives=[val_loss,accuracy]", "objectives=['val_loss', 'accuracy']: must be two or three different"),
-        ("fitness=latency latency.runtime=tensorrt", "latency.runtime='tensorrt': must be one of torch, onnxruntime"),
+        (
+            "fitness=latency latency.runtime=tensorrt",
+            "latency.runtime='tensorrt': must be one of auto, torch, onnxruntime, openvino",
+        ),
+        (
+            "fitness=latency latency.device=cuda latency.runtime=openvino",
+            "latency.runtime=openvino runs networks on the CPU here, not on cuda",
+        ),
     ],
 )
 def test_invalid_overrides_fail_before_anything_is_launched(tmp_path, evolve, override, message):
@@ -373,8 +381,9 @@ def test_nsga2_over_validation_loss_and_latency_keeps_fronts_and_hypervolumes(tm
                         f"latency.cache_dir={cache}", *LATENCY))  # fmt: skip
     state = load_state(sweep)
     assert len(state.individuals) == 5 and all(i.status == COMPLETED for i in state.individuals)
+    auto = f"threads, {fastest_runtime('cpu')} {precision(fastest_runtime('cpu'), 'cpu')}"  # latency.runtime=auto
     for ind in state.individuals:  # measured after training, in the child, and cached per architecture
-        assert ind.latency > 0 and ind.throughput > 0 and ind.latency_device.endswith("threads, torch")
+        assert ind.latency > 0 and ind.throughput > 0 and ind.latency_device.endswith(auto)
     assert len(list(cache.glob("*.json"))) == 5
     for summary in state.history:
         assert 0 < summary["hypervolume"] <= 1 and summary["front"]

@@ -229,7 +229,7 @@ class EvolutionSweeper(Sweeper):
 
         knobs = {k: v for k, v in self.config.latency.items() if k not in ("measure", "cache_dir")}
         try:
-            LatencySettings(**knobs)
+            LatencySettings(**knobs).resolved_runtime()  # a runtime not installed, or not for the device
         except TypeError as e:  # an unknown key
             known = ["measure", "cache_dir", *LatencySettings.__dataclass_fields__]
             raise SettingsError(f"latency: {e}; its keys are {known}") from None
