@@ -119,7 +119,7 @@ class Session:
 
 def retain_memory(cfg: DictConfig) -> None:
     """With ``retain_freed_memory``, keep freed host memory in the process rather than mapping large blocks
-    afresh each training step (``evopose_pl.allocator``: a sixth of a CPU training step)."""
+    afresh each training step (``evopose_pl.allocator``: a tenth to a sixth of a CPU training step)."""
     setting = cfg.get("retain_freed_memory", False)
     if not isinstance(setting, bool):
         raise ConfigError(f"retain_freed_memory={setting!r}: must be true or false")

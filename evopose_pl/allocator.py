@@ -1,9 +1,9 @@
 """Host memory that stays with the process: training on the CPU allocates and frees the same large activations
 every step, and glibc's malloc maps each block over its mmap threshold (at most 32 MiB) afresh from the kernel
 and unmaps it when freed, so every step pays the page faults and the zeroing of every large tensor again.
-On EvoPose2D-S at 256x192, batch 32, that is a sixth of a training step (BENCHMARKS.md). Told to serve every
-block from its heap and to keep what is freed, malloc hands the same pages back step after step; the process
-keeps its peak memory (about 10% more resident memory there) instead of returning it between steps.
+On EvoPose2D-S at 256x192, batch 32, that is a tenth to a sixth of a training step (BENCHMARKS.md). Told to
+serve every block from its heap and to keep what is freed, malloc hands the same pages back step after step; the
+process keeps its peak memory (about 10% more resident memory there) instead of returning it between steps.
 """
 
 from __future__ import annotations

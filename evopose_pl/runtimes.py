@@ -3,8 +3,9 @@ fastest on a device (``auto``). ``predict`` and the search's latency objective r
 
 Side by side on the CPU (BENCHMARKS.md, "Against the reference implementation"), OpenVINO runs EvoPose2D-S
 1.3-4.3x faster than eager PyTorch in its faster precision, at 256x192 and at the search's 64x48, at batch 1 and
-32, computing in bfloat16 where the CPU does so natively (float32 elsewhere); onnxruntime (float32) comes next. On CUDA, eager PyTorch with bf16 autocast.
-The ONNX runtimes take a network exported once (``export_graph``) and stand in for it (``ExportedNetwork``).
+32, computing in bfloat16 where the CPU does so natively (float32 elsewhere); onnxruntime (float32) comes next.
+On CUDA, eager PyTorch with bf16 autocast. The ONNX runtimes take a network exported once (``export_graph``)
+and stand in for it (``ExportedNetwork``).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _as_float(outputs: Outputs) -> Outputs:
 class ExportedNetwork(nn.Module):
     """A network exported to ONNX and run by onnxruntime or OpenVINO, standing in for it: the same input, and
     its deployed outputs as it returns them (a tensor, a mapping or a sequence), computed outside PyTorch.
-    OpenVINO compiles the graph for each input shape it meets (a second or so each)."""
+    OpenVINO compiles the graph for each input shape it meets (a fraction of a second each)."""
 
     def __init__(self, net: nn.Module, runtime: str, device: str, input_size: Sequence[int], whole_image: bool) -> None:
         super().__init__()
@@ -109,7 +110,6 @@ class ExportedNetwork(nn.Module):
             outputs = net(torch.randn(1, 3, *input_size))
         self.names = list(named_outputs(outputs))
         self.kind = "tensor" if torch.is_tensor(outputs) else "mapping" if isinstance(outputs, Mapping) else "list"
-        self.runtime = runtime
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory) / "network.onnx"
             with deployed(net):
