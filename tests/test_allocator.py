@@ -11,7 +11,7 @@ import pytest
 
 from evopose_pl.allocator import _glibc
 
-# A training loop's pattern: each step allocates and fills tensors of 8-40 MiB floats, then frees them all.
+# A training loop's pattern: each step allocates and fills float32 tensors of 32-160 MiB (352 MiB), then frees them.
 # Prints the page faults of the last five of ten steps (malloc settles in the first few).
 STEPS = """
 import resource, sys, torch
@@ -39,7 +39,7 @@ def _faults(root, mode: str) -> int:
 
 @pytest.mark.skipif(_glibc() is None, reason="malloc's settings are glibc's")
 def test_freed_memory_is_reused_without_page_faults(root):
-    pages = 5 * 88 * 2**20 // 4096  # five steps' tensors
+    pages = 5 * 88 * 2**20 * 4 // 4096  # five steps' tensors, in 4 KiB pages
     system = _faults(root, "system")
     assert system > pages // 2  # glibc maps blocks this large afresh each time
     assert _faults(root, "retain") < system // 5  # retained: the same pages again, once malloc has settled
