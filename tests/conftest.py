@@ -5,11 +5,13 @@ Test files share through these fixtures, never by importing one another.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,3 +141,22 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return run / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture
+def onnx_export(root) -> Callable:
+    """`python -m evopose_pl.export ckpt=<ckpt> output=<out> [args]`, which must succeed: the exported model's
+    onnxruntime session (CPU) and its metadata, each entry decoded from JSON."""
+    import onnx
+    import onnxruntime
+
+    def export(ckpt: Path, out: Path, *args: str) -> tuple[Any, dict[str, Any]]:
+        result = subprocess.run(
+            [sys.executable, "-m", "evopose_pl.export", f"ckpt={ckpt}", *args, f"output={out}"],
+            cwd=root, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        return session, {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+
+    return export

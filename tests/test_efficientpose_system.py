@@ -90,20 +90,10 @@ def test_predict_on_an_mpii_image(efficientpose_run, mpii_sample, tmp_path):
     assert all(np.isfinite(results[0]["keypoints"]))
 
 
-def test_onnx_export_is_the_deployed_network(efficientpose_run, tmp_path, root):
-    import onnx
-    import onnxruntime as ort
-
+def test_onnx_export_is_the_deployed_network(efficientpose_run, tmp_path, onnx_export):
     run, _ = efficientpose_run
-    out = tmp_path / "efficientpose.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "evopose_pl.export", f"ckpt={run / 'checkpoints' / 'best.ckpt'}", f"output={out}"],
-        cwd=root, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    session, metadata = onnx_export(run / "checkpoints" / "best.ckpt", tmp_path / "efficientpose.onnx")
     assert [o.name for o in session.get_outputs()] == ["heatmaps"]  # no training-only outputs
-    metadata = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
     assert metadata["codec"]["name"] == "confidence_maps" and metadata["keypoint_names"] == list(MPII_KEYPOINTS)
     module = load_pose_module(run / "checkpoints" / "best.ckpt", flip_test=False)
     images = torch.rand(3, 3, 64, 64) * 255

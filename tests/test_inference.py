@@ -73,17 +73,9 @@ def test_predict_reports_bad_arguments(checkpoint, tmp_path, root):
     assert "no such checkpoint" in predict(f"ckpt={tmp_path / 'x.ckpt'}", f"images={tmp_path}").stderr
 
 
-def test_onnx_export_matches_pytorch_heatmaps_at_two_batch_sizes(checkpoint, tmp_path, root):
-    import onnxruntime as ort
-
-    out = tmp_path / "model.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "evopose_pl.export", f"ckpt={checkpoint}", "format=onnx", f"output={out}"],
-        cwd=root, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_onnx_export_matches_pytorch_heatmaps_at_two_batch_sizes(checkpoint, tmp_path, onnx_export):
+    session, _ = onnx_export(checkpoint, tmp_path / "model.onnx", "format=onnx")
     module = load_pose_module(checkpoint, flip_test=False)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch in (1, 5):
         images = torch.rand(batch, 3, *module.input_size) * 255
         with torch.no_grad():

@@ -137,21 +137,11 @@ def test_test_time_augmentation_runs_every_scale_and_mirror(kapao_run):
     assert module.passes() == [(0.8, False), (0.8, True), (1.0, False), (1.0, True), (1.2, False), (1.2, True)]
 
 
-def test_onnx_export_takes_any_multiple_of_64_and_decodes_as_the_network(kapao_run, tmp_path, root):
-    import onnx
-    import onnxruntime as ort
-
+def test_onnx_export_takes_any_multiple_of_64_and_decodes_as_the_network(kapao_run, tmp_path, onnx_export):
     run, _ = kapao_run
     ckpt = run / "checkpoints" / "best.ckpt"
-    out = tmp_path / "kapao.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "evopose_pl.export", f"ckpt={ckpt}", f"output={out}"],
-        cwd=root, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    session, metadata = onnx_export(ckpt, tmp_path / "kapao.onnx")
     assert [o.name for o in session.get_outputs()] == ["p3", "p4", "p5", "p6"]
-    metadata = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
     assert metadata["codec"]["name"] == "kapao" and len(metadata["codec"]["settings"]["anchors"]) == 4
     module = load_pose_module(ckpt)
     for size in ((128, 192), (192, 128)):
