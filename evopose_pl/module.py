@@ -40,7 +40,7 @@ def default_precision(accelerator: str) -> str:
     """The fastest Lightning precision for the accelerator: bf16 mixed on GPUs that have it (the
     paper's precision; fp16 mixed on older GPUs), bf16 on TPUs, and on the CPU bf16 mixed where it
     is native, else fp32. On the CPU, bf16 pays off at every input size since depthwise convolutions
-    take their gradients in fp32 (``nets.evopose.DepthwiseConv2d``): EvoPose2D-S trains 1.1x faster
+    take each gradient on oneDNN's fastest path (``nets.evopose.DepthwiseConv2d``): EvoPose2D-S trains 1.1x faster
     than in fp32 at 64x48, 1.5x at 128x96, 1.8x at 256x192 (channels_last both; BENCHMARKS.md, and
     a separate run at 128x96)."""
     accelerator = str(accelerator).lower()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.grad import conv2d_input, conv2d_weight
 
 from evopose_pl.search import CompoundScaling, Gene, Genotype, GenotypeLike, HeadGenotype, drop_connect_rate
 
@@ -63,11 +64,15 @@ class TFSameConv2d(nn.Conv2d):
         return super().forward(nn.functional.pad(x, (left, right, top, bottom)))
 
 
-class _Bf16DepthwiseFp32Backward(torch.autograd.Function):
-    """A depthwise convolution computed in bfloat16 whose gradients are computed in float32: on the CPU,
-    oneDNN's bf16 depthwise backward runs 2-4x slower than its fp32 one (``bench/profile_step.py`` found it
-    the largest cost of an EvoPose2D training step; BENCHMARKS.md), while the bf16 forward is the faster.
-    The result is autocast's, the gradients are those of the same function, only more precise."""
+class _Bf16DepthwiseConv(torch.autograd.Function):
+    """A depthwise convolution computed in bfloat16 whose two gradients each take oneDNN's fastest path on the CPU.
+    Its bf16 forward is the faster, but its bf16 backward is fast only in some geometries (``bench/profile_step.py``
+    found the depthwise backward the largest cost of an EvoPose2D training step; BENCHMARKS.md): a strided input
+    gradient runs 6-20x slower in bf16 than in fp32, and the weight gradient of a kernel larger than 3x3 or
+    dilated 2.5-4x slower, while elsewhere bf16 is 1.5-3x the faster. So the input gradient is computed in fp32
+    when strided and in bf16 otherwise; the weight gradient in bf16 for an undilated 3x3 kernel, from bf16 3x3
+    windows for a larger one at stride 1 (``_windowed_weight_gradient``), and in fp32 otherwise. The result is
+    autocast's; each gradient is that of the same function, at autocast's bf16 precision or in fp32."""
 
     @staticmethod
     def forward(
@@ -82,13 +87,42 @@ class _Bf16DepthwiseFp32Backward(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.geometry
-        grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad.float(), x.float(), weight.float(), None, stride, padding, dilation, False, [0, 0], groups,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
-        )  # fmt: skip
-        grad_x = None if grad_x is None else grad_x.to(x.dtype)
-        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        strided, dilated, kernel = max(stride) > 1, max(dilation) > 1, tuple(weight.shape[-2:])
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            dtype = torch.float32 if strided else x.dtype
+            # the weight in the input's memory format: oneDNN gives the gradient the layout of the weight
+            layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+            kernel_weight = weight.to(dtype).contiguous(memory_format=layout or torch.contiguous_format)
+            grad_x = conv2d_input(x.shape, kernel_weight, grad.to(dtype), stride, padding, dilation, groups)
+            grad_x = grad_x.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            if kernel == (3, 3) and not dilated:
+                grad_weight = conv2d_weight(x, weight.shape, grad, stride, padding, dilation, groups)
+            elif min(kernel) >= 3 and not strided and not dilated:
+                grad_weight = _windowed_weight_gradient(x, grad, weight.shape, padding)
+            else:
+                grad_weight = conv2d_weight(x.float(), weight.shape, grad.float(), stride, padding, dilation, groups)
+            grad_weight = grad_weight.to(weight.dtype)
         return grad_x, grad_weight, None, None, None, None
+
+
+def _windowed_weight_gradient(
+    x: torch.Tensor, grad: torch.Tensor, shape: torch.Size, padding: list[int]
+) -> torch.Tensor:
+    """The weight gradient (fp32, of ``shape``) of a stride-1, undilated depthwise convolution of ``x`` whose kernel
+    is larger than 3x3, from the bf16 gradients of overlapping 3x3 windows of its kernel, each taken over the input
+    shifted by the window's offset: oneDNN computes those 1.5-3x faster than the whole kernel's in fp32. Each tap
+    is one window's, rounded to bf16 as autocast's own weight gradients are."""
+    height, width = grad.shape[-2:]
+    padded = nn.functional.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    windows = [sorted({*range(0, size - 3, 2), size - 3}) for size in shape[-2:]]
+    result = torch.empty(shape, dtype=torch.float32, device=x.device)
+    for top, left in itertools.product(*windows):
+        shifted = padded[..., top : top + height + 2, left : left + width + 2]
+        part = conv2d_weight(shifted, (shape[0], 1, 3, 3), grad, groups=shape[0])
+        result[..., top : top + 3, left : left + 3] = part
+    return result
 
 
 def _cpu_bf16_training(x: torch.Tensor) -> bool:
@@ -103,12 +137,12 @@ def _cpu_bf16_training(x: torch.Tensor) -> bool:
 
 class DepthwiseConv2d(nn.Conv2d):
     """A depthwise convolution (``groups == in_channels == out_channels``, no bias) whose training under CPU
-    bf16 autocast takes ``_Bf16DepthwiseFp32Backward``; elsewhere it is ``nn.Conv2d``."""
+    bf16 autocast takes ``_Bf16DepthwiseConv``; elsewhere it is ``nn.Conv2d``."""
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if bias is not None or not _cpu_bf16_training(x) or isinstance(self.padding, str):
             return super()._conv_forward(x, weight, bias)
-        return _Bf16DepthwiseFp32Backward.apply(
+        return _Bf16DepthwiseConv.apply(
             x.to(torch.bfloat16), weight, list(self.stride), list(self.padding), list(self.dilation), self.groups
         )
 
