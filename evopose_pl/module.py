@@ -40,9 +40,8 @@ def default_precision(accelerator: str) -> str:
     """The fastest Lightning precision for the accelerator: bf16 mixed on GPUs that have it (the
     paper's precision; fp16 mixed on older GPUs), bf16 on TPUs, and on the CPU bf16 mixed where it
     is native, else fp32. On the CPU, bf16 pays off at every input size since depthwise convolutions
-    take each gradient on oneDNN's fastest path (``nets.evopose.DepthwiseConv2d``): EvoPose2D-S trains 1.1x faster
-    than in fp32 at 64x48, 1.5x at 128x96, 1.8x at 256x192 (channels_last both; BENCHMARKS.md, and
-    a separate run at 128x96)."""
+    take each gradient on oneDNN's fastest path (``nets.evopose.DepthwiseConv2d``): EvoPose2D-S trains
+    1.2x faster than in fp32 at 64x48 and 2.0x at 256x192 (channels_last both; BENCHMARKS.md)."""
     accelerator = str(accelerator).lower()
     if accelerator == "tpu":
         return "bf16-true"
