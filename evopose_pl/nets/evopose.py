@@ -68,8 +68,8 @@ class _Bf16DepthwiseConv(torch.autograd.Function):
     """A depthwise convolution computed in bfloat16 whose two gradients each take oneDNN's fastest path on the CPU.
     Its bf16 forward is the faster, but its bf16 backward is fast only in some geometries (``bench/profile_step.py``
     found the depthwise backward the largest cost of an EvoPose2D training step; BENCHMARKS.md): a strided input
-    gradient runs 6-20x slower in bf16 than in fp32, and the weight gradient of a kernel larger than 3x3 or
-    dilated 2.5-4x slower, while elsewhere bf16 is 1.5-3x the faster. So the input gradient is computed in fp32
+    gradient runs 6-50x slower in bf16 than in fp32, and the weight gradient of a kernel larger than 3x3 or
+    dilated 2.4-5x slower, while elsewhere bf16 is up to 4x the faster. So the input gradient is computed in fp32
     when strided and in bf16 otherwise; the weight gradient in bf16 for an undilated 3x3 kernel, from bf16 3x3
     windows for a larger one at stride 1 (``_windowed_weight_gradient``), and in fp32 otherwise. The result is
     autocast's; each gradient is that of the same function, at autocast's bf16 precision or in fp32."""
@@ -112,7 +112,7 @@ def _windowed_weight_gradient(
 ) -> torch.Tensor:
     """The weight gradient (fp32, of ``shape``) of a stride-1, undilated depthwise convolution of ``x`` whose kernel
     is larger than 3x3, from the bf16 gradients of overlapping 3x3 windows of its kernel, each taken over the input
-    shifted by the window's offset: oneDNN computes those 1.5-3x faster than the whole kernel's in fp32. Each tap
+    shifted by the window's offset: oneDNN computes those 1.3-3x faster than the whole kernel's in fp32. Each tap
     is one window's, rounded to bf16 as autocast's own weight gradients are."""
     height, width = grad.shape[-2:]
     padded = nn.functional.pad(x, (padding[1], padding[1], padding[0], padding[0]))
