@@ -98,6 +98,21 @@ def test_profile_step_splits_a_training_step_into_its_phases_and_operators(root)
     assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.05
 
 
+def test_profile_step_by_layer_times_each_kind_of_layer_with_hooks(root):
+    out = _bench(root, "bench/profile_step.py", "--size", "64x48", "--batch", "2", "--warmup", "1", "--steps", "2",
+                 "--variant", "channels_last+bf16", "--by-layer", "--top", "40")  # fmt: skip
+    totals = re.search(r"A step: ([\d.]+) s; .*forward ([\d.]+) s, backward ([\d.]+) s", out)
+    step, forward, backward = map(float, totals.groups())
+    assert 0 < forward + backward <= step
+    rows = _table(out)
+    kinds = {row[0]: row for row in rows}
+    assert {"BatchNorm2d", "SiLU"} <= set(kinds) and any(kind.endswith("depthwise") for kind in kinds)
+    assert kinds["Conv2d 1x1 stride 1 128->17"][1] == "1"  # the final layer, one of its kind
+    assert all(float(row[3]) > 0 for row in rows if "depthwise" in row[0])  # their backward, ours included
+    shares = [float(row[4].rstrip("%")) for row in rows]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.05
+
+
 def test_input_pipeline_compares_the_loader_with_a_real_fit(root):
     out = _bench(root, "bench/input_pipeline.py", "--sizes", "64x48", "--workers", "0", "--epochs", "1",
                  "--fit-batches", "2", "--synthetic-images", "40")  # fmt: skip
